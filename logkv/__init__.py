@@ -1,0 +1,22 @@
+"""logkv: a crash-safe, JSON-backed persistent dictionary.
+
+Every change is appended to a checksummed JSON-lines write-ahead log; a
+compactor folds the log into a single JSON snapshot in aiodict's format.
+"""
+from ._errors import (ClosedError, CorruptionError, LockTimeout, LogKVError, LogMismatchError,
+                      ReadOnlyError, StorageError)
+from ._store import LogKV, NamespaceView
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ClosedError",
+    "CorruptionError",
+    "LockTimeout",
+    "LogKV",
+    "LogKVError",
+    "LogMismatchError",
+    "NamespaceView",
+    "ReadOnlyError",
+    "StorageError",
+]

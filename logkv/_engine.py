@@ -1,0 +1,966 @@
+"""The engine: in-memory state, the write path, recovery, durability.
+
+Plain blocking code; the sync and async front ends both drive it. See
+docs/design.md for the whole picture; the comments here say why.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+from ._errors import (ClosedError, CorruptionError, LogKVError, LogMismatchError, ReadOnlyError,
+                      StorageError)
+from ._fs import DEFAULT_FS, FileSystem
+from ._lock import (MAGIC, W_COMPACTIONS, W_END, W_GEN, W_LAST_COMPACTION_MS, W_MAGIC, W_SEQ,
+                    W_SNAPSHOT_SIZE, W_WRITER, Coordinator)
+from ._log import LogFile, LogHeader, iter_records, parse_header
+from ._record import (OP_CLEAR, ValueCodec, build_header, build_line, op_delete, op_expire,
+                      op_set)
+from ._snapshot import Snapshot, load_snapshot
+
+log = logging.getLogger("logkv")
+
+MISSING: Any = object()
+_ABSENT: Any = object()
+DURABILITY_MODES = ("always", "interval", "os")
+# Above this many bytes of snapshot + log, compaction runs in a child process
+# so that this process's threads are not held up by the parse and the dump.
+CHILD_COMPACTION_BYTES = 8 << 20
+
+# A staged change is a tuple whose first item says what it is:
+#   ("s", value, encoded_bytes, exact, expires_at)   set
+#   ("d",)                                           delete
+#   ("e", expires_at)                                 change only the expiry
+Entry = tuple
+
+
+def _op_bytes(key: str, entry: Entry) -> bytes:
+    kind = entry[0]
+    if kind == "s":
+        return op_set(key, entry[2], entry[4])
+    if kind == "d":
+        return op_delete(key)
+    return op_expire(key, entry[1])
+
+
+def _merge(staged: dict[str, Entry], key: str, entry: Entry) -> None:
+    """Fold ``entry`` onto what ``staged`` already holds for ``key`` (post-images)."""
+    if entry[0] == "e":
+        prev = staged.get(key)
+        if prev is not None and prev[0] == "s":
+            staged[key] = ("s", prev[1], prev[2], prev[3], entry[1])
+            return
+    staged[key] = entry
+
+
+class _Overlay:
+    """A transaction's writes, visible only to the thread that owns it."""
+
+    __slots__ = ("vals", "staged", "cleared")
+
+    def __init__(self) -> None:
+        self.vals: dict[str, tuple[Any, float | None] | None] = {}
+        self.staged: dict[str, Entry] = {}
+        self.cleared = False
+
+    def savepoint(self) -> tuple:
+        return dict(self.vals), dict(self.staged), self.cleared
+
+    def restore(self, sp: tuple) -> None:
+        self.vals, self.staged, self.cleared = dict(sp[0]), dict(sp[1]), sp[2]
+
+
+class _ClosedWords:
+    """Stands in for the shared page after close, so the lock-free read path
+    raises ClosedError without testing a flag of its own."""
+
+    def __getitem__(self, i: int) -> int:
+        raise ClosedError("the store is closed")
+
+
+class _StatWords:
+    """For a read-only store with no shared page: derive the change counter
+    from the log file's identity and size (one stat per read)."""
+
+    def __init__(self, wal_path: str) -> None:
+        self.wal_path = wal_path
+
+    def __getitem__(self, i: int) -> int:
+        try:
+            st = os.stat(self.wal_path)
+        except FileNotFoundError:
+            return 0
+        if i == W_GEN:
+            return st.st_ino
+        if i == W_END:
+            return st.st_size
+        if i == W_SEQ:
+            return st.st_size + (st.st_ino << 40)
+        return 0
+
+
+class Engine:
+    """One open store. All public methods are thread-safe."""
+
+    def __init__(self, path: str, *, codec: ValueCodec, autosave: bool = True,
+                 autosave_delay: float = 0.35, durability: str = "interval",
+                 create_backup: bool = True, compact_on_close: bool = True,
+                 cleanup_expired_on_load: bool = True, lock_timeout: float | None = 10.0,
+                 indent: int | None = None, sort_keys: bool = False, read_only: bool = False,
+                 auto_compact: bool = True, auto_compact_min_size: int = 4 << 20,
+                 auto_compact_percentage: int = 100, fs: FileSystem | None = None) -> None:
+        if durability not in DURABILITY_MODES:
+            raise ValueError(f"durability must be one of {DURABILITY_MODES}, not {durability!r}")
+        if autosave_delay < 0:
+            raise ValueError("autosave_delay must be >= 0")
+        self.path = path
+        self.wal_path = path + ".wal"
+        self.folder = os.path.dirname(os.path.abspath(path))
+        self.fs = fs or DEFAULT_FS
+        self.codec = codec
+        self.autosave = autosave
+        self.autosave_delay = float(autosave_delay)
+        self.durability = durability
+        self.create_backup = create_backup
+        self.compact_on_close = compact_on_close
+        self.cleanup_expired_on_load = cleanup_expired_on_load
+        self.indent = indent
+        self.sort_keys = sort_keys
+        self.read_only = read_only
+        self.auto_compact = auto_compact and not read_only
+        self.auto_compact_min_size = auto_compact_min_size
+        self.auto_compact_percentage = auto_compact_percentage
+
+        self.data: dict[str, Any] = {}
+        self.exp: dict[str, float] = {}
+        self.lock = threading.RLock()
+        self._wgen = 0  # odd while a change is being applied (seqlock for readers)
+        self._depth = 0  # nesting of _enter() (the write lock is held while > 0)
+        self._tx: _Overlay | None = None
+        self._tx_owner = 0
+        self._pending: dict[str, Entry] = {}  # manual mode: not yet logged
+        self._pending_clear = False
+        self._closed = False
+        self._poisoned: str | None = None
+
+        self.log: LogFile | None = None
+        self._retired: list[LogFile] = []
+        self.log_id = ""
+        self.log_gen = 0
+        self.log_end = 0
+        self.seq = 0
+        self._shm_seen = 0
+        self.wal_records = 0
+        self.recovered_records = 0
+        self.dropped_tail_bytes = 0
+        self._compact_at = float("inf")
+        self._compactor: subprocess.Popen | None = None
+        self._want_compaction = False
+
+        # durability bookkeeping: tickets count this store's appended records
+        self._tickets = 0
+        self._synced_ticket = 0
+        self._syncing = False
+        self._sync_cv = threading.Condition(threading.Lock())
+        self._flush_requested = False
+        self._flush_wake = threading.Event()
+        self._stop = threading.Event()
+        self._flusher: threading.Thread | None = None
+
+        if not read_only:
+            os.makedirs(self.folder, exist_ok=True)
+        self.coord = Coordinator(self.fs, path, read_only=read_only, timeout=lock_timeout)
+        self._words: Any = self.coord.words if self.coord.words is not None else _StatWords(self.wal_path)
+        try:
+            self.coord.lock()
+            try:
+                self._open_files(rebuild=self.coord.alone)
+            finally:
+                self.coord.unlock()
+            self.coord.share_liveness()
+        except BaseException:
+            self._release_files()
+            raise
+        if durability == "interval" and not read_only:
+            self._flusher = threading.Thread(target=self._flusher_loop, name="logkv-flusher",
+                                             daemon=True)
+            self._flusher.start()
+
+    # ------------------------------------------------------------------ loading
+    def _open_files(self, *, rebuild: bool) -> None:
+        """Load snapshot + log into memory. Caller holds the write lock.
+
+        ``rebuild``: this process is the only one with the store open (or the
+        shared page is not initialised): the files alone are the truth, a torn
+        tail is cut off and the shared page is written afresh.
+        """
+        words = self._words
+        writable = not self.read_only
+        if writable and words[W_MAGIC] != MAGIC:
+            rebuild = True
+        snap = load_snapshot(self.fs, self.path)
+        self.data, self.exp = snap.data, snap.expiries
+        deser = self.codec.deserializer
+        if deser is not None:
+            self.data = {k: deser(v) for k, v in self.data.items()}
+        self.seq = snap.seq
+        self.recovered_records = 0
+        self.dropped_tail_bytes = 0
+        self.wal_records = 0
+        self.log_id = snap.log_id or ""
+
+        if self.log is not None:
+            self._retire_log()
+        if self.fs.stat(self.wal_path) is None:
+            if writable:
+                self._new_log(snap.log_id or secrets.token_hex(16), snap.seq, snap.fingerprint)
+            else:
+                self.log_gen = words[W_GEN]
+                self.log_end = 0
+                self._finish_open(snap, rebuild=False)
+                return
+        else:
+            self.log = LogFile(self.fs, self.wal_path, writable=writable)
+        assert self.log is not None
+        size = self.log.size()
+        committed = size if (rebuild or self.read_only or self.coord.words is None) else words[W_END]
+        if not rebuild and writable and size > committed:
+            # A writer died between write(2) and publishing its record.
+            self.log.truncate(committed)
+            words[W_WRITER] = 0
+            size = committed
+        buf = self.log.read(0, min(size, committed))
+        if not buf:
+            if writable:  # an empty file: a crash while it was created
+                self._retire_log()
+                self._new_log(snap.log_id or secrets.token_hex(16), snap.seq, snap.fingerprint)
+                self._finish_open(snap, rebuild=rebuild)
+            else:
+                self.log_end = 0
+                self.log_gen = words[W_GEN]
+                self._finish_open(snap, rebuild=False)
+            return
+        header = parse_header(buf, self.wal_path)
+        start = self._replay_start(snap, header, buf)
+        self.log_id = header.log_id
+        last = self._replay(buf, header, start)
+        end_of_lines = self.log_end
+        torn = len(buf) - end_of_lines
+        if torn:
+            self.dropped_tail_bytes = torn
+            log.warning("%s: dropped a torn last record (%d bytes at offset %d): it was never "
+                        "acknowledged", self.wal_path, torn, end_of_lines)
+            if rebuild and writable:
+                self.log.truncate(end_of_lines)
+        if snap.log_id == header.log_id and snap.seq > last and writable and rebuild:
+            # Every record in the log is already in the snapshot and the log is
+            # behind it; start a fresh log so sequence numbers stay contiguous.
+            self._retire_log()
+            self._new_log(header.log_id, snap.seq, snap.fingerprint)
+        elif last == header.base_seq and header.fingerprint != snap.fingerprint and \
+                snap.log_id != header.log_id and writable and rebuild:
+            # A log with no records that names another snapshot (aiodict
+            # rewrote db.json after a clean close): nothing to replay, so
+            # start a log that belongs to the file that is there now.
+            self._retire_log()
+            self._new_log(snap.log_id or secrets.token_hex(16), snap.seq, snap.fingerprint)
+        self.seq = max(self.seq, last)
+        self._finish_open(snap, rebuild=rebuild)
+
+    def _finish_open(self, snap: Snapshot, *, rebuild: bool) -> None:
+        words = self._words
+        if rebuild and not self.read_only:
+            keep = words[W_MAGIC] == MAGIC
+            words[W_WRITER] = 0
+            words[W_SEQ] = self.seq
+            words[W_END] = self.log_end
+            words[W_GEN] = (words[W_GEN] + 1) if keep else (time.time_ns() & 0xFFFFFFFF)
+            if not keep:
+                words[W_COMPACTIONS] = 0
+                words[W_LAST_COMPACTION_MS] = 0
+            words[W_SNAPSHOT_SIZE] = snap.size
+            words[W_MAGIC] = MAGIC
+        if self.coord.words is not None or not self.read_only:
+            self.log_gen = words[W_GEN]
+        self._shm_seen = words[W_SEQ]
+        if self.cleanup_expired_on_load and self.exp:
+            self._drop_expired()
+        self._set_compact_threshold()
+
+    def _replay_start(self, snap: Snapshot, header: LogHeader, buf: bytes) -> int:
+        """The sequence after which records apply on top of ``snap`` (design §5)."""
+        if snap.log_id is not None and snap.log_id == header.log_id:
+            if header.base_seq > snap.seq:
+                raise LogMismatchError(
+                    f"{self.wal_path}: the log starts after sequence {header.base_seq} but the "
+                    f"snapshot {self.path} holds only up to {snap.seq} (an older snapshot was put "
+                    "back?); records in between are missing. Run `logkv recover` to choose.",
+                    path=self.wal_path, offset=0)
+            return snap.seq
+        if header.fingerprint == snap.fingerprint:
+            return header.base_seq
+        if buf.find(b"\n", header.end) < 0:
+            return header.base_seq  # no records: nothing can be applied wrongly
+        raise LogMismatchError(
+            f"{self.wal_path}: the log's records do not belong to the snapshot {self.path} "
+            "(was it rewritten by another program?). They were not applied. Run `logkv recover` "
+            "to choose between the snapshot alone and the snapshot plus these records.",
+            path=self.wal_path, offset=0)
+
+    def _replay(self, buf: bytes, header: LogHeader, start: int, base_offset: int = 0) -> int:
+        """Apply the records of ``buf`` with sequence > ``start``; return the last seq."""
+        last = header.base_seq
+        count = 0
+        applied = 0
+        end = header.end
+        apply = self._apply_disk_ops
+        for _off, end, seq, ops in iter_records(buf, header.end, header.base_seq, self.wal_path,
+                                                base_offset):
+            count += 1
+            if seq > start:
+                apply(ops)
+                applied += 1
+            last = seq
+        self.wal_records = count
+        self.recovered_records = applied
+        self.log_end = end
+        return last
+
+    def _new_log(self, log_id: str, base_seq: int, fingerprint: str) -> None:
+        """Create ``db.json.wal`` holding only a header, atomically and durably."""
+        tmp = self.wal_path + ".tmp"
+        header = build_header(base_seq, log_id, fingerprint)
+        fd = self.fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            self.fs.write(fd, header)
+            self.fs.fsync(fd)
+        finally:
+            self.fs.close(fd)
+        self.fs.replace(tmp, self.wal_path)
+        self.fs.fsync_dir(self.folder)
+        self.log = LogFile(self.fs, self.wal_path, writable=True)
+        self.log_id = log_id
+        self.log_end = len(header)
+        self.wal_records = 0
+        words = self._words
+        if words[W_MAGIC] == MAGIC:
+            # Other processes must reopen the log, as after a compaction.
+            words[W_END] = self.log_end
+            words[W_GEN] = words[W_GEN] + 1
+            self.log_gen = words[W_GEN]
+
+    def _retire_log(self) -> None:
+        # Another thread may be inside fdatasync on it: close it later.
+        if self.log is not None:
+            self._retired.append(self.log)
+            self.log = None
+
+    def _set_compact_threshold(self) -> None:
+        if not self.auto_compact:
+            self._compact_at = float("inf")
+            return
+        snap_size = self._words[W_SNAPSHOT_SIZE] if self.coord.words is not None else 0
+        self._compact_at = max(self.auto_compact_min_size,
+                               snap_size * self.auto_compact_percentage / 100)
+
+    # -------------------------------------------------------------- applying
+    def _apply_disk_ops(self, ops: list) -> None:
+        """Apply ops read from the log (values pass through the deserializer)."""
+        data, exp = self.data, self.exp
+        deser = self.codec.deserializer
+        pending = self._pending
+        if pending or self._pending_clear:
+            # Manual mode: unsaved local changes win over what others logged,
+            # as they will when they are flushed (last writer wins).
+            if self._pending_clear:
+                return
+            ops = [op for op in ops if op[0] == "c" or op[1] not in pending]
+        for op in ops:
+            kind = op[0]
+            if kind == "s":
+                key = op[1]
+                data[key] = op[2] if deser is None else deser(op[2])
+                if op[3] is None:
+                    exp.pop(key, None)
+                else:
+                    exp[key] = float(op[3])
+            elif kind == "d":
+                data.pop(op[1], None)
+                exp.pop(op[1], None)
+            elif kind == "e":
+                if op[1] in data:
+                    if op[2] is None:
+                        exp.pop(op[1], None)
+                    else:
+                        exp[op[1]] = float(op[2])
+            else:
+                data.clear()
+                exp.clear()
+                if pending:
+                    self._reapply_pending()
+
+    def _apply_entries(self, items: Iterator[tuple[str, Entry]] | list, clear: bool) -> None:
+        """Apply staged entries to memory. Caller holds self.lock."""
+        data, exp = self.data, self.exp
+        self._wgen += 1
+        try:
+            if clear:
+                data.clear()
+                exp.clear()
+            for key, entry in items:
+                kind = entry[0]
+                if kind == "s":
+                    data[key] = entry[1]
+                    if entry[4] is None:
+                        exp.pop(key, None)
+                    else:
+                        exp[key] = entry[4]
+                elif kind == "d":
+                    data.pop(key, None)
+                    exp.pop(key, None)
+                elif key in data:
+                    if entry[1] is None:
+                        exp.pop(key, None)
+                    else:
+                        exp[key] = entry[1]
+        finally:
+            self._wgen += 1
+
+    def _reapply_pending(self) -> None:
+        self._apply_entries(list(self._pending.items()), False)
+
+    def _drop_expired(self) -> int:
+        now = time.time()
+        dead = [k for k, x in self.exp.items() if x <= now]
+        if dead:
+            self._wgen += 1
+            try:
+                for k in dead:
+                    self.data.pop(k, None)
+                    self.exp.pop(k, None)
+            finally:
+                self._wgen += 1
+        return len(dead)
+
+    # ----------------------------------------------------------- catching up
+    def check(self) -> None:
+        """Catch up if another process has written (the read path's check)."""
+        w = self._words
+        if w[W_SEQ] != self._shm_seen or w[W_GEN] != self.log_gen:
+            self.catch_up()
+
+    def catch_up(self) -> None:
+        with self.lock:
+            if self._closed:
+                raise ClosedError("the store is closed")
+            if self._depth:
+                return  # we hold the write lock: nobody else can have written
+            self.coord.lock()
+            try:
+                self._catch_up_locked()
+            finally:
+                self.coord.unlock()
+
+    def _catch_up_locked(self) -> None:
+        words = self._words
+        if not self.read_only and words[W_WRITER]:
+            # The last writer died inside its append: cut its partial bytes.
+            if self.log is not None:
+                self.log.truncate(words[W_END])
+            words[W_WRITER] = 0
+        if words[W_GEN] != self.log_gen:
+            self._follow_rotation()
+            return
+        end = words[W_END]
+        if self.log is None or end <= self.log_end:
+            self._shm_seen = words[W_SEQ]
+            return
+        buf = self.log.read(self.log_end, end)
+        self._apply_tail(buf, self.log_end)
+        self._shm_seen = words[W_SEQ]
+
+    def _apply_tail(self, buf: bytes, base_offset: int) -> None:
+        """Apply whole records in ``buf`` (log bytes from ``base_offset``)."""
+        self._wgen += 1
+        try:
+            end = base_offset
+            for _off, end, seq, ops in iter_records(buf, 0, self.seq, self.wal_path, base_offset):
+                self._apply_disk_ops(ops)
+                self.seq = seq
+                self.wal_records += 1
+            self.log_end = end
+        finally:
+            self._wgen += 1
+
+    def _follow_rotation(self) -> None:
+        """Another process compacted (or recreated) the log: reopen it and
+        continue from our own sequence, or reload everything if the part we
+        had not seen yet was folded into the snapshot."""
+        words = self._words
+        try:
+            new = LogFile(self.fs, self.wal_path, writable=not self.read_only)
+        except FileNotFoundError:
+            self._reload_all()
+            return
+        end = words[W_END] if self.coord.words is not None else new.size()
+        buf = new.read(0, end)
+        try:
+            header = parse_header(buf, self.wal_path)
+        except CorruptionError:
+            new.close()
+            raise
+        if header.log_id != self.log_id or header.base_seq > self.seq:
+            new.close()
+            self._reload_all()
+            return
+        self._retire_log()
+        self.log = new
+        self.log_gen = words[W_GEN]
+        self._wgen += 1
+        try:
+            count = 0
+            end_off = header.end
+            for _off, end_off, seq, ops in iter_records(buf, header.end, header.base_seq,
+                                                        self.wal_path):
+                count += 1
+                if seq > self.seq:
+                    self._apply_disk_ops(ops)
+                    self.seq = seq
+            self.wal_records = count
+            self.log_end = end_off
+        finally:
+            self._wgen += 1
+        self._shm_seen = words[W_SEQ]
+        self._set_compact_threshold()
+
+    def _reload_all(self) -> None:
+        self._wgen += 1
+        try:
+            self._open_files(rebuild=False)
+            if self._pending or self._pending_clear:
+                if self._pending_clear:
+                    self.data.clear()
+                    self.exp.clear()
+                self._reapply_pending()
+        finally:
+            self._wgen += 1
+
+    # ------------------------------------------------------------ write path
+    def _enter(self) -> None:
+        """Take the thread lock and the write lock, and catch up."""
+        self.lock.acquire()
+        if self._depth:
+            self._depth += 1
+            return
+        try:
+            if self._closed:
+                raise ClosedError("the store is closed")
+            if self.read_only:
+                raise ReadOnlyError(f"{self.path} was opened read-only")
+            self.coord.lock()
+            try:
+                w = self._words
+                if w[W_SEQ] != self.seq or w[W_GEN] != self.log_gen or w[W_WRITER]:
+                    self._catch_up_locked()
+            except BaseException:
+                self.coord.unlock()
+                raise
+        except BaseException:
+            self.lock.release()
+            raise
+        self._depth = 1
+
+    def _exit(self) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            self.coord.unlock()
+        self.lock.release()
+
+    def _stage(self, key: str | None, entry: Entry) -> int:
+        """Record one change. Caller is inside _enter(). Returns a ticket (0: no log write)."""
+        tx = self._tx
+        if tx is not None:
+            if key is None:
+                tx.vals.clear()
+                tx.staged.clear()
+                tx.cleared = True
+            else:
+                kind = entry[0]
+                if kind == "s":
+                    tx.vals[key] = (entry[1], entry[4])
+                elif kind == "d":
+                    tx.vals[key] = None
+                else:
+                    cur = self.lookup(key)
+                    tx.vals[key] = (cur[0], entry[1])
+                _merge(tx.staged, key, entry)
+            return 0
+        if key is None:
+            return self._commit([], clear=True)
+        return self._commit([(key, entry)], clear=False)
+
+    def _stage_many(self, items: list[tuple[str, Entry]]) -> int:
+        if self._tx is not None:
+            for key, entry in items:
+                self._stage(key, entry)
+            return 0
+        return self._commit(items, clear=False)
+
+    def _commit(self, items: list[tuple[str, Entry]], *, clear: bool) -> int:
+        """Log one batch as one record and apply it. Caller is inside _enter()."""
+        if not self.autosave:
+            if clear:
+                self._pending.clear()
+                self._pending_clear = True
+            for key, entry in items:
+                _merge(self._pending, key, entry)
+            self._apply_entries(items, clear)
+            return 0
+        ops = [OP_CLEAR] if clear else []
+        exact = False
+        for key, entry in items:
+            ops.append(_op_bytes(key, entry))
+            if entry[0] == "s" and entry[3]:
+                exact = True
+        self._append(build_line(self.seq + 1, ops, exact))
+        self._apply_entries(items, clear)
+        return self._tickets
+
+    def _append(self, line: bytes) -> None:
+        if self._poisoned:
+            raise StorageError(self._poisoned, poisoned=True)
+        assert self.log is not None
+        words = self._words
+        seq = self.seq + 1
+        words[W_WRITER] = os.getpid()
+        try:
+            end = self.log.append(line, self.log_end)
+        finally:
+            words[W_WRITER] = 0
+        words[W_END] = end
+        words[W_SEQ] = seq
+        self.log_end = end
+        self.seq = seq
+        self._shm_seen = seq
+        self.wal_records += 1
+        self._tickets += 1
+        if end > self._compact_at:
+            self._want_compaction = True
+
+    def after_write(self, ticket: int) -> None:
+        """Durability for a write that was logged; call with no lock held."""
+        if not ticket:
+            return
+        mode = self.durability
+        if mode == "interval":
+            if not self._flush_requested:
+                self._flush_requested = True
+                self._flush_wake.set()
+        elif mode == "always":
+            self._wait_synced(ticket)
+        if self._want_compaction:
+            self._start_auto_compaction()
+
+    # ------------------------------------------------------------ durability
+    def _wait_synced(self, ticket: int) -> None:
+        """Group commit: the first waiter syncs for everyone written so far."""
+        cv = self._sync_cv
+        with cv:
+            while self._synced_ticket < ticket:
+                if self._poisoned:
+                    raise StorageError(self._poisoned, poisoned=True)
+                if self._syncing:
+                    cv.wait()
+                    continue
+                self._syncing = True
+                target = self._tickets
+                logf = self.log
+                cv.release()
+                err: OSError | None = None
+                try:
+                    if logf is not None:
+                        logf.sync()
+                except OSError as exc:
+                    err = exc
+                finally:
+                    cv.acquire()
+                    self._syncing = False
+                    if err is None:
+                        self._synced_ticket = max(self._synced_ticket, target)
+                    else:
+                        # Linux reports a failed fsync once and may drop the
+                        # pages; a retry would "succeed" falsely. Stop here.
+                        self._poisoned = (f"{self.wal_path}: fsync failed ({err.strerror or err}); "
+                                          "the store refuses writes until it is reopened")
+                    cv.notify_all()
+                if err is not None:
+                    raise StorageError(self._poisoned or "fsync failed", poisoned=True) from err
+
+    def _flusher_loop(self) -> None:
+        while True:
+            self._flush_wake.wait()
+            if self._stop.is_set():
+                return
+            if self._stop.wait(self.autosave_delay):
+                return
+            self._flush_wake.clear()
+            self._flush_requested = False
+            try:
+                self._wait_synced(self._tickets)
+            except StorageError as exc:
+                log.error("%s", exc)
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self._synced_ticket < self._tickets or self._pending or self._pending_clear)
+
+    # ------------------------------------------------------------ reading
+    def lookup(self, key: str) -> Any:
+        """``(value, expires_at)`` of a live key, or MISSING. Thread-safe."""
+        tx = self._tx
+        if tx is not None and self._tx_owner == threading.get_ident():
+            r = tx.vals.get(key, _ABSENT)
+            if r is not _ABSENT:
+                if r is None or (r[1] is not None and r[1] <= time.time()):
+                    return MISSING
+                return r
+            if tx.cleared:
+                return MISSING
+        while True:
+            g = self._wgen
+            v = self.data.get(key, _ABSENT)
+            x = self.exp.get(key)
+            if not (g & 1) and g == self._wgen:
+                break
+            with self.lock:  # a writer is mid-apply: wait for it
+                pass
+        if v is _ABSENT or (x is not None and x <= time.time()):
+            return MISSING
+        return (v, x)
+
+    def live_items(self) -> tuple[dict[str, Any], dict[str, float]]:
+        """A consistent copy of the live data and expiries (never half a batch)."""
+        self.check()
+        while True:
+            g = self._wgen
+            data = dict(self.data)  # one C call each: atomic under the GIL
+            exp = dict(self.exp)
+            if not (g & 1) and g == self._wgen:
+                break
+            with self.lock:
+                pass
+        tx = self._tx
+        if tx is not None and self._tx_owner == threading.get_ident():
+            if tx.cleared:
+                data.clear()
+                exp.clear()
+            for k, r in tx.vals.items():
+                if r is None:
+                    data.pop(k, None)
+                    exp.pop(k, None)
+                else:
+                    data[k] = r[0]
+                    if r[1] is None:
+                        exp.pop(k, None)
+                    else:
+                        exp[k] = r[1]
+        if exp:
+            now = time.time()
+            for k in [k for k, x in exp.items() if x <= now]:
+                data.pop(k, None)
+                del exp[k]
+        return data, exp
+
+    # ------------------------------------------------------------ transactions
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self._enter()
+        tx = self._tx
+        outer = tx is None
+        saved = None
+        if outer:
+            tx = self._tx = _Overlay()
+            self._tx_owner = threading.get_ident()
+        else:
+            assert tx is not None
+            saved = tx.savepoint()
+        ok = False
+        ticket = 0
+        try:
+            yield
+            ok = True
+        finally:
+            try:
+                if outer:
+                    self._tx = None
+                    self._tx_owner = 0
+                    if ok and (tx.staged or tx.cleared):
+                        ticket = self._commit(list(tx.staged.items()), clear=tx.cleared)
+                    if ok and not self.autosave:
+                        ticket = self._flush_pending_locked()
+                elif not ok and saved is not None:
+                    tx.restore(saved)  # a nested block that raised undoes only itself
+            finally:
+                self._exit()
+        if outer and ok:
+            self.after_write(ticket)
+
+    def in_transaction(self) -> bool:
+        return self._tx is not None and self._tx_owner == threading.get_ident()
+
+    # ------------------------------------------------------------ persistence
+    def _flush_pending_locked(self) -> int:
+        if not (self._pending or self._pending_clear):
+            return 0
+        ops = [OP_CLEAR] if self._pending_clear else []
+        exact = False
+        for key, entry in self._pending.items():
+            ops.append(_op_bytes(key, entry))
+            if entry[0] == "s" and entry[3]:
+                exact = True
+        self._append(build_line(self.seq + 1, ops, exact))
+        self._pending = {}
+        self._pending_clear = False
+        return self._tickets
+
+    def flush(self) -> None:
+        """Log what manual mode holds, and make everything so far durable."""
+        if self.read_only:
+            self._ensure_open()
+            return
+        self._enter()
+        try:
+            self._flush_pending_locked()
+        finally:
+            self._exit()
+        if self._tickets > self._synced_ticket:
+            self._wait_synced(self._tickets)
+
+    def reload(self) -> None:
+        """Drop unsaved changes and read the store again from disk."""
+        with self.lock:
+            self._ensure_open()
+            if self.in_transaction():
+                raise LogKVError("reload() inside a transaction")
+            self.coord.lock()
+            try:
+                self._pending = {}
+                self._pending_clear = False
+                self._reload_all()
+            finally:
+                self.coord.unlock()
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise ClosedError("the store is closed")
+
+    def compact(self, *, wait: float | None = None) -> bool:
+        """Fold the log into the snapshot now (design §6). False if another
+        compaction was running and ``wait`` ran out."""
+        from ._compact import compact_store, run_compaction_child
+
+        self._ensure_open()
+        if self.read_only:
+            raise ReadOnlyError(f"{self.path} was opened read-only")
+        if self.in_transaction():
+            raise LogKVError("compact() cannot run inside a transaction")
+        self.flush()
+        size = (self.fs.stat(self.path) or _ZERO_STAT).st_size + self.log_end
+        if size > CHILD_COMPACTION_BYTES:
+            done = run_compaction_child(self.path, create_backup=self.create_backup,
+                                        indent=self.indent, sort_keys=self.sort_keys, wait=wait)
+        else:
+            done = compact_store(self.path, create_backup=self.create_backup, indent=self.indent,
+                                 sort_keys=self.sort_keys, fs=self.fs, wait=wait) is not None
+        self.catch_up()
+        return done
+
+    def _start_auto_compaction(self) -> None:
+        self._want_compaction = False
+        child = self._compactor
+        if child is not None:
+            if child.poll() is None:
+                return
+            if child.returncode:
+                log.warning("%s: automatic compaction failed (exit %s)", self.path, child.returncode)
+        from ._compact import spawn_compaction_child
+
+        self._compact_at = float("inf")  # until the child's rotation is seen
+        self._compactor = spawn_compaction_child(self.path, create_backup=self.create_backup,
+                                                 indent=self.indent, sort_keys=self.sort_keys)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        error: BaseException | None = None
+        if not self.read_only:
+            try:
+                self.flush()
+            except BaseException as exc:  # still release everything below
+                error = exc
+        self._stop.set()
+        self._flush_wake.set()
+        if self._flusher is not None:
+            self._flusher.join()
+        if self._compactor is not None:
+            self._compactor.wait()
+        if error is None and not self.read_only and self.compact_on_close and not self._poisoned:
+            with self.lock:
+                has_records = self.wal_records > 0
+            if has_records or self.exp:
+                try:
+                    self.compact(wait=None)
+                except LogKVError as exc:
+                    log.warning("%s: compaction on close failed: %s", self.path, exc)
+        with self.lock:
+            self._closed = True
+            self._release_files()
+            self.data = {}
+            self.exp = {}
+        if error is not None:
+            raise error
+
+    def _release_files(self) -> None:
+        self._words = _ClosedWords()
+        for lf in [self.log, *self._retired]:
+            if lf is not None:
+                lf.close()
+        self.log = None
+        self._retired = []
+        self.coord.close()
+
+    # ------------------------------------------------------------ figures
+    def stats(self) -> dict[str, Any]:
+        self.check()
+        words = self._words
+        shared = self.coord.words is not None
+        last_ms = words[W_LAST_COMPACTION_MS] if shared else 0
+        snap = self.fs.stat(self.path)
+        return {
+            "file_size_bytes": snap.st_size if snap is not None else 0,
+            "wal_path": self.wal_path,
+            "wal_size_bytes": self.log_end,
+            "wal_records": self.wal_records,
+            "durability": self.durability,
+            "compactions": words[W_COMPACTIONS] if shared else 0,
+            "last_compaction": (last_ms / 1000.0) if last_ms else None,
+            "recovered_records": self.recovered_records,
+            "dropped_tail_bytes": self.dropped_tail_bytes,
+            "sequence": self.seq,
+            "dirty": self.dirty,
+        }
+
+
+class _ZeroStat:
+    st_size = 0
+
+
+_ZERO_STAT = _ZeroStat()
+

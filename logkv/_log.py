@@ -1,0 +1,143 @@
+"""Reading and appending the write-ahead log (format: docs/design.md §3).
+
+Recovery rules, each from the crash behind it:
+
+* Bytes after the last newline are a *torn tail*: a writer died inside
+  ``write(2)``, or the machine lost power before the page reached the disk.
+  Such a record was never acknowledged, so it is dropped, not reported as
+  damage.
+* A whole line (it ends in a newline) that fails its checksum, does not parse
+  or breaks the sequence was written completely and then damaged: that is
+  corruption, raised with the file and the line's offset, never skipped.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from ._errors import CorruptionError, StorageError
+from ._fs import FileSystem
+from ._record import RecordError, parse_line, validate_op
+
+
+@dataclass
+class LogHeader:
+    base_seq: int
+    log_id: str
+    fingerprint: str
+    end: int  # offset just past the header line
+
+
+@dataclass
+class LogScan:
+    """What a pass over log bytes found."""
+
+    header: LogHeader | None
+    end: int  # offset just past the last whole, valid line
+    last_seq: int
+    records: int
+    torn_bytes: int
+    problems: list[tuple[int, str]] = field(default_factory=list)
+
+
+def parse_header(buf: bytes, path: str) -> LogHeader:
+    nl = buf.find(b"\n")
+    if nl < 0:
+        raise CorruptionError(f"{path}: the log header is cut short at offset 0", path=path, offset=0)
+    try:
+        rec = parse_line(buf[:nl])
+    except RecordError as exc:
+        raise CorruptionError(f"{path}: bad log header at offset 0: {exc}", path=path, offset=0) from None
+    head = rec.get("h")
+    if type(head) is not dict or type(head.get("log")) is not str or type(head.get("base")) is not str:
+        raise CorruptionError(f"{path}: the first line is not a log header (offset 0)", path=path, offset=0)
+    return LogHeader(rec["s"], head["log"], head["base"], nl + 1)
+
+
+def iter_records(buf: bytes, start: int, prev_seq: int, path: str,
+                 base_offset: int = 0) -> Iterator[tuple[int, int, int, list[Any]]]:
+    """Yield ``(offset, end, seq, ops)`` for each whole line of ``buf[start:]``.
+
+    Offsets are file offsets (``base_offset`` is where ``buf`` starts in the
+    file). Stops before a torn tail; raises CorruptionError for a damaged whole
+    line. ``prev_seq`` is the sequence the first record must follow.
+    """
+    pos = start
+    find = buf.find
+    while True:
+        nl = find(b"\n", pos)
+        if nl < 0:
+            return
+        line = buf[pos:nl]
+        off = base_offset + pos
+        try:
+            rec = parse_line(line)
+            ops = rec.get("o")
+            if ops is None:
+                raise RecordError("a header in the middle of the log")
+            seq = rec["s"]
+            if seq != prev_seq + 1:
+                raise RecordError(f"sequence {seq} does not follow {prev_seq}")
+            for op in ops:
+                validate_op(op)
+        except RecordError as exc:
+            raise CorruptionError(
+                f"{path}: damaged log record at byte offset {off}: {exc}", path=path, offset=off
+            ) from None
+        yield off, base_offset + nl + 1, seq, ops
+        prev_seq = seq
+        pos = nl + 1
+
+
+class LogFile:
+    """An open log file: append whole lines, read what others appended."""
+
+    def __init__(self, fs: FileSystem, path: str, *, writable: bool) -> None:
+        self.fs = fs
+        self.path = path
+        flags = (os.O_RDWR | os.O_APPEND) if writable else os.O_RDONLY
+        self.fd = fs.open(path, flags)
+        self.writable = writable
+
+    def size(self) -> int:
+        return self.fs.fstat(self.fd).st_size
+
+    def inode(self) -> tuple[int, int]:
+        st = self.fs.fstat(self.fd)
+        return st.st_dev, st.st_ino
+
+    def read(self, start: int, end: int | None = None) -> bytes:
+        if end is None:
+            end = self.size()
+        if end <= start:
+            return b""
+        return self.fs.pread(self.fd, end - start, start)
+
+    def append(self, data: bytes, expected_end: int) -> int:
+        """Append ``data`` at ``expected_end``; return the new end.
+
+        On failure the partial bytes are cut back so the log ends where it did
+        (a half line would otherwise turn into mid-log corruption after the
+        next append), and StorageError is raised.
+        """
+        try:
+            self.fs.write(self.fd, data)
+        except OSError as exc:
+            try:
+                self.fs.ftruncate(self.fd, expected_end)
+            except OSError:
+                pass
+            raise StorageError(f"{self.path}: write failed: {exc.strerror or exc}") from exc
+        return expected_end + len(data)
+
+    def truncate(self, size: int) -> None:
+        self.fs.ftruncate(self.fd, size)
+
+    def sync(self) -> None:
+        self.fs.fdatasync(self.fd)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            self.fs.close(fd)

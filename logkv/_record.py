@@ -1,0 +1,201 @@
+"""Encoding of values and of one log line, with its checksum. No I/O here.
+
+The byte layout is specified in docs/design.md §3; keep the two in step.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import math
+from pathlib import PurePath
+from typing import Any, Callable
+
+import orjson
+import xxhash
+
+_hexdigest = xxhash.xxh3_64_hexdigest
+
+# Fixed prefix of every line: '{"x":"' + 16 hex digits + '",' -> 24 bytes.
+LINE_PREFIX = b'{"x":"'
+CHECK_END = 22
+BODY_START = 24
+
+_OPT_NATIVE = orjson.OPT_NON_STR_KEYS
+# With a user serializer, orjson must hand these types to it instead of
+# encoding them itself (CONTRACT §3: the serializer sees datetime & co.).
+_OPT_PASSTHROUGH = (
+    orjson.OPT_NON_STR_KEYS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+
+
+class RecordError(Exception):
+    """A line is not a valid record; ``reason`` says why (no path/offset here)."""
+
+
+def builtin_default(value: Any) -> Any:
+    """What aiodict converts without a serializer, beyond what orjson does itself."""
+    if isinstance(value, (set, frozenset)):
+        return list(value)
+    if isinstance(value, PurePath):
+        return str(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _stdlib_default(value: Any) -> Any:
+    # Used only by the exact fallback encoder, which lacks orjson's native types.
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
+        return value.isoformat()
+    if isinstance(value, tuple):
+        return list(value)
+    return builtin_default(value)
+
+
+def _find_nonfinite(value: Any, serializer: Callable[[Any], Any] | None, depth: int = 0) -> bool:
+    if depth > 200:
+        return False
+    t = type(value)
+    if t is float:
+        return not math.isfinite(value)
+    if t is dict:
+        return any(_find_nonfinite(v, serializer, depth + 1) for v in value.values())
+    if t is list or t is tuple:
+        return any(_find_nonfinite(v, serializer, depth + 1) for v in value)
+    if value is None or t is str or t is int or t is bool:
+        return False
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if serializer is not None:
+        try:
+            return _find_nonfinite(serializer(value), None, depth + 1)
+        except Exception:
+            return False
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _find_nonfinite(dataclasses.asdict(value), None, depth + 1)
+    return False
+
+
+class ValueCodec:
+    """Turns values into JSON bytes and back, with the user's hooks.
+
+    ``encode`` returns ``(bytes, exact)``: ``exact`` is True when the value
+    holds an integer beyond 64 bits, which orjson cannot write; such values
+    are written by the stdlib encoder and must be read back by the stdlib
+    parser to stay exact.
+    """
+
+    __slots__ = ("serializer", "deserializer", "_default", "_option")
+
+    def __init__(self, serializer: Callable[[Any], Any] | None = None,
+                 deserializer: Callable[[Any], Any] | None = None) -> None:
+        self.serializer = serializer
+        self.deserializer = deserializer
+        if serializer is None:
+            self._default: Callable[[Any], Any] = builtin_default
+            self._option = _OPT_NATIVE
+        else:
+            self._default = serializer
+            self._option = _OPT_PASSTHROUGH
+
+    def encode(self, value: Any) -> tuple[bytes, bool]:
+        try:
+            out = orjson.dumps(value, default=self._default, option=self._option)
+        except orjson.JSONEncodeError as exc:
+            if "64-bit" not in str(exc):
+                raise TypeError(str(exc)) from None
+            return self._encode_exact(value), True
+        # orjson writes NaN and ±Infinity as null; JSON has no such values, so
+        # refuse them rather than store a different value silently.
+        if b"null" in out and _find_nonfinite(value, self.serializer):
+            raise ValueError("NaN and Infinity cannot be stored: JSON has no such values")
+        return out, False
+
+    def _encode_exact(self, value: Any) -> bytes:
+        default = self.serializer if self.serializer is not None else _stdlib_default
+        try:
+            text = json.dumps(value, default=default, allow_nan=False, ensure_ascii=False,
+                              separators=(",", ":"))
+        except ValueError:
+            raise ValueError("NaN and Infinity cannot be stored: JSON has no such values") from None
+        return text.encode("utf-8")
+
+
+def dumps_key(key: str) -> bytes:
+    return orjson.dumps(key)
+
+
+def op_set(key: str, enc: bytes, expires_at: float | None) -> bytes:
+    exp = b"null" if expires_at is None else orjson.dumps(expires_at)
+    return b'["s",' + orjson.dumps(key) + b"," + enc + b"," + exp + b"]"
+
+
+def op_delete(key: str) -> bytes:
+    return b'["d",' + orjson.dumps(key) + b"]"
+
+
+def op_expire(key: str, expires_at: float | None) -> bytes:
+    exp = b"null" if expires_at is None else orjson.dumps(expires_at)
+    return b'["e",' + orjson.dumps(key) + b"," + exp + b"]"
+
+
+OP_CLEAR = b'["c"]'
+
+
+def build_line(seq: int, ops: list[bytes], exact: bool = False) -> bytes:
+    """One record line: header-less checksum prefix + body + newline."""
+    body = b'"s":%d%s,"o":[%s]}' % (seq, b',"j":1' if exact else b"", b",".join(ops))
+    return b'{"x":"' + _hexdigest(body).encode() + b'",' + body + b"\n"
+
+
+def build_header(base_seq: int, log_id: str, fingerprint: str) -> bytes:
+    body = b'"s":%d,"h":%s}' % (base_seq, orjson.dumps({"log": log_id, "base": fingerprint}))
+    return b'{"x":"' + _hexdigest(body).encode() + b'",' + body + b"\n"
+
+
+def parse_line(line: bytes) -> dict[str, Any]:
+    """Check and decode one line (without its newline). Raises RecordError."""
+    if len(line) < BODY_START + 2 or line[:6] != LINE_PREFIX or line[CHECK_END:BODY_START] != b'",':
+        raise RecordError("not a logkv record")
+    body = line[BODY_START:]
+    if _hexdigest(body).encode() != line[6:CHECK_END]:
+        raise RecordError("checksum mismatch")
+    try:
+        rec = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        raise RecordError("does not parse as JSON") from None
+    if type(rec) is not dict or type(rec.get("s")) is not int or rec["s"] < 0:
+        raise RecordError("no sequence number")
+    if "j" in rec:
+        rec = json.loads(line)
+    ops = rec.get("o")
+    if ops is None:
+        if type(rec.get("h")) is not dict:
+            raise RecordError("neither operations nor header")
+    elif type(ops) is not list:
+        raise RecordError("operations are not a list")
+    return rec
+
+
+def validate_op(op: Any) -> None:
+    """Raise RecordError unless ``op`` is one of the four operation shapes."""
+    if type(op) is not list or not op:
+        raise RecordError("malformed operation")
+    kind = op[0]
+    n = len(op)
+    if kind == "s" and n == 4 and type(op[1]) is str:
+        exp = op[3]
+    elif kind == "e" and n == 3 and type(op[1]) is str:
+        exp = op[2]
+    elif kind == "d" and n == 2 and type(op[1]) is str:
+        return
+    elif kind == "c" and n == 1:
+        return
+    else:
+        raise RecordError("malformed operation")
+    if exp is not None and type(exp) not in (int, float):
+        raise RecordError("malformed expiry")

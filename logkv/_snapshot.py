@@ -1,0 +1,219 @@
+"""Loading and writing the snapshot file (format: docs/design.md §4)."""
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import json
+import math
+import os
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import xxhash
+
+from ._errors import CorruptionError
+from ._fs import FileSystem
+
+BOOKKEEPING = "logkv"
+# A run of 19 digits may be an integer orjson would read as a float; only files
+# logkv did not write itself need this check (its own say so in bookkeeping).
+_DIGITS = bytes(48 if 48 <= c <= 57 else 32 for c in range(256))
+_LONG_RUN = b"0" * 19
+
+
+@dataclass
+class Snapshot:
+    data: dict[str, Any]
+    expiries: dict[str, float]
+    log_id: str | None  # from bookkeeping; None for a foreign file
+    seq: int  # last sequence folded in (0 for a foreign file)
+    fingerprint: str
+    size: int
+
+
+def _backup_note(path: str) -> str:
+    return f" (a backup exists: {path}.bak)" if os.path.exists(path + ".bak") else ""
+
+
+def _nonfinite_key(data: Any) -> str | None:
+    def bad(v: Any) -> bool:
+        if type(v) is float:
+            return not math.isfinite(v)
+        if type(v) is dict:
+            return any(bad(x) for x in v.values())
+        if type(v) is list:
+            return any(bad(x) for x in v)
+        return False
+
+    for k, v in data.items():
+        if bad(v):
+            return k
+    return None
+
+
+def parse_snapshot(raw: bytes, path: str) -> Snapshot:
+    """Decode snapshot bytes; raise CorruptionError if they are not a store."""
+    size = len(raw)
+    if not raw.strip():
+        return Snapshot({}, {}, None, 0, "empty", size)
+    exact = False
+    gc_was = gc.isenabled()
+    gc.disable()  # the parse allocates millions of objects that form no cycles
+    try:
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            try:
+                doc = json.loads(raw)  # accepts NaN/Infinity, as aiodict writes them
+                exact = True
+            except (ValueError, RecursionError) as exc:
+                raise CorruptionError(
+                    f"{path}: the snapshot is not valid JSON ({exc}){_backup_note(path)}; "
+                    "logkv will not start empty over it or overwrite it",
+                    path=path, offset=getattr(exc, "pos", None)) from None
+        if type(doc) is not dict:
+            raise CorruptionError(
+                f"{path}: the snapshot is not a JSON object{_backup_note(path)}", path=path, offset=0)
+        book = doc.get(BOOKKEEPING) if ("version" in doc and "data" in doc) else None
+        ours = type(book) is dict and type(book.get("log")) is str and type(book.get("seq")) is int
+        if not exact and (not ours or book.get("exact")):
+            if raw.translate(_DIGITS).find(_LONG_RUN) >= 0:
+                doc = json.loads(raw)
+                exact = True
+    finally:
+        if gc_was:
+            gc.enable()
+    if "version" in doc and "data" in doc:
+        members = doc["data"]
+        if type(members) is not dict:
+            raise CorruptionError(f"{path}: \"data\" is not a JSON object", path=path, offset=None)
+        data: dict[str, Any] = {}
+        expiries: dict[str, float] = {}
+        for key, rec in members.items():
+            if type(rec) is dict and "value" in rec:
+                data[key] = rec["value"]
+                exp = rec.get("expires_at")
+                if exp is not None:
+                    if type(exp) not in (int, float) or not math.isfinite(exp):
+                        raise CorruptionError(f"{path}: key {key!r} has a bad expires_at {exp!r}",
+                                              path=path, offset=None)
+                    expiries[key] = float(exp)
+            else:
+                data[key] = rec
+    else:
+        book = None
+        ours = False
+        data = doc
+        expiries = {}
+    if exact:
+        bad = _nonfinite_key(data)
+        if bad is not None:
+            raise CorruptionError(
+                f"{path}: key {bad!r} holds NaN or Infinity, which JSON has no form for; "
+                "logkv will not rewrite it silently: fix that value in the file first",
+                path=path, offset=None)
+    if ours:
+        assert book is not None
+        fingerprint = f"{book['log']}:{book['seq']}"
+        return Snapshot(data, expiries, book["log"], book["seq"], fingerprint, size)
+    return Snapshot(data, expiries, None, 0, "xxh3:" + xxhash.xxh3_64_hexdigest(raw), size)
+
+
+def load_snapshot(fs: FileSystem, path: str) -> Snapshot:
+    raw = fs.read_file(path)
+    if raw is None:
+        return Snapshot({}, {}, None, 0, "empty", 0)
+    return parse_snapshot(raw, path)
+
+
+def utc_now_text() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def encode_snapshot(data: dict[str, Any], expiries: dict[str, float], log_id: str, seq: int, *,
+                    indent: int | None = None, sort_keys: bool = False,
+                    now: float | None = None) -> bytes:
+    """The snapshot bytes; expired keys are left out."""
+    import time
+
+    t = time.time() if now is None else now
+    get_exp = expiries.get
+    if expiries:
+        members = {k: {"value": v, "expires_at": get_exp(k)} for k, v in data.items()
+                   if (x := get_exp(k)) is None or x > t}
+    else:
+        members = {k: {"value": v, "expires_at": None} for k, v in data.items()}
+    doc: dict[str, Any] = {"version": 1, "updated_at": utc_now_text(), "data": members,
+                           BOOKKEEPING: {"log": log_id, "seq": seq, "exact": False}}
+    option = orjson.OPT_SORT_KEYS if sort_keys else 0
+    if indent is None or indent == 2:
+        if indent == 2:
+            option |= orjson.OPT_INDENT_2
+        try:
+            return orjson.dumps(doc, option=option)
+        except orjson.JSONEncodeError as exc:
+            if "64-bit" not in str(exc):
+                raise TypeError(str(exc)) from None
+    doc[BOOKKEEPING]["exact"] = True
+    text = json.dumps(doc, indent=indent, sort_keys=sort_keys, ensure_ascii=False,
+                      allow_nan=False, separators=(",", ":") if indent is None else None)
+    return text.encode("utf-8")
+
+
+def write_snapshot(fs: FileSystem, path: str, payload: bytes) -> str:
+    """Write ``payload`` to a synced temp file beside ``path``; return its name."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f"{os.path.basename(path)}.tmp.{secrets.token_hex(6)}")
+    fd = fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        fs.write(fd, payload)
+        fs.fsync(fd)
+    except BaseException:
+        fs.close(fd)
+        try:
+            fs.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fs.close(fd)
+    return tmp
+
+
+def install_snapshot(fs: FileSystem, path: str, tmp: str, *, create_backup: bool) -> None:
+    """Keep the old snapshot as ``.bak`` and rename ``tmp`` over ``path``, durably."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if create_backup and fs.stat(path) is not None:
+        bak = path + ".bak"
+        bak_tmp = f"{bak}.tmp.{secrets.token_hex(6)}"
+        try:
+            fs.link(path, bak_tmp)  # no copy: .bak becomes the old snapshot's inode
+        except OSError:
+            raw = fs.read_file(path) or b""
+            fd = fs.open(bak_tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                fs.write(fd, raw)
+                fs.fsync(fd)
+            finally:
+                fs.close(fd)
+        fs.replace(bak_tmp, bak)
+    fs.replace(tmp, path)
+    fs.fsync_dir(folder)
+
+
+def remove_stale_temps(fs: FileSystem, path: str) -> None:
+    """Delete temp files a crashed compaction left (call under the compaction lock)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    base = os.path.basename(path)
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(base + ".tmp.") or name.startswith(base + ".bak.tmp.") \
+                or name == base + ".wal.tmp":
+            try:
+                fs.unlink(os.path.join(folder, name))
+            except OSError:
+                pass

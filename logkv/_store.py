@@ -1,0 +1,559 @@
+"""``LogKV`` and its namespace views: the sync API, with aiodict's names,
+arguments, results and errors. No disk logic here: everything that touches
+state goes through the engine."""
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
+from typing import Any, Callable
+
+from ._engine import MISSING, Engine
+from ._fs import FileSystem
+from ._record import ValueCodec
+
+_NO_DEFAULT: Any = object()
+_W_SEQ = 1
+_W_GEN = 3
+
+
+def _expiry(ttl: Any) -> float:
+    """Absolute expiry for ``ttl`` seconds from now; ttl must be a number > 0."""
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
+        raise TypeError(f"ttl must be a number of seconds, not {type(ttl).__name__}")
+    if not ttl > 0:
+        raise ValueError("ttl must be greater than 0")
+    if not math.isfinite(ttl):
+        raise ValueError("ttl must be finite")
+    return time.time() + float(ttl)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+class _API(MutableMapping[str, Any]):
+    """The whole method set, over the engine, for keys under ``_prefix``."""
+
+    _e: Engine
+    _prefix: str
+
+    # ---------------------------------------------------------------- helpers
+    def _key(self, key: Any) -> str:
+        return self._prefix + (key if type(key) is str else str(key))
+
+    def _read(self, full: str) -> Any:
+        e = self._e
+        e.check()
+        return e.lookup(full)
+
+    def _write(self, full: str, entry: tuple) -> None:
+        e = self._e
+        e._enter()
+        try:
+            ticket = e._stage(full, entry)
+        finally:
+            e._exit()
+        e.after_write(ticket)
+
+    def _own(self, data: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+        p = self._prefix
+        if not p:
+            return iter(data.items())
+        n = len(p)
+        return ((k[n:], v) for k, v in data.items() if k.startswith(p))
+
+    # ------------------------------------------------------ mapping protocol
+    def __getitem__(self, key: Any) -> Any:
+        r = self._read(self._key(key))
+        if r is MISSING:
+            raise KeyError(key)
+        return r[0]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.set(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        full = self._key(key)
+        e = self._e
+        e._enter()
+        try:
+            if e.lookup(full) is MISSING:
+                raise KeyError(key)
+            ticket = e._stage(full, ("d",))
+        finally:
+            e._exit()
+        e.after_write(ticket)
+
+    def __contains__(self, key: object) -> bool:
+        return self._read(self._key(key)) is not MISSING
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        data, _exp = self._e.live_items()
+        if not self._prefix:
+            return len(data)
+        return sum(1 for _ in self._own(data))
+
+    # ------------------------------------------------------------ core calls
+    def set(self, key: Any, value: Any, *, ttl: float | None = None) -> None:
+        exp = None if ttl is None else _expiry(ttl)
+        enc, exact = self._e.codec.encode(value)
+        self._write(self._key(key), ("s", value, enc, exact, exp))
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        r = self._read(self._key(key))
+        return default if r is MISSING else r[0]
+
+    def pop(self, key: Any, default: Any = _NO_DEFAULT) -> Any:
+        full = self._key(key)
+        e = self._e
+        e._enter()
+        try:
+            r = e.lookup(full)
+            if r is MISSING:
+                if default is _NO_DEFAULT:
+                    raise KeyError(key)
+                return default
+            ticket = e._stage(full, ("d",))
+        finally:
+            e._exit()
+        e.after_write(ticket)
+        return r[0]
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        full = self._key(key)
+        e = self._e
+        e._enter()
+        try:
+            r = e.lookup(full)
+            if r is not MISSING:
+                return r[0]
+            enc, exact = e.codec.encode(default)
+            ticket = e._stage(full, ("s", default, enc, exact, None))
+        finally:
+            e._exit()
+        e.after_write(ticket)
+        return default
+
+    def _set_many(self, pairs: Iterable[tuple[Any, Any]], exp: float | None) -> None:
+        e = self._e
+        encode = e.codec.encode
+        staged: dict[str, tuple] = {}
+        for key, value in pairs:  # encode everything first: all or nothing
+            enc, exact = encode(value)
+            staged[self._key(key)] = ("s", value, enc, exact, exp)
+        if not staged:
+            e._ensure_open()
+            return
+        e._enter()
+        try:
+            ticket = e._stage_many(list(staged.items()))
+        finally:
+            e._exit()
+        e.after_write(ticket)
+
+    def update(self, other: Any = (), /, **kwargs: Any) -> None:  # type: ignore[override]
+        if isinstance(other, Mapping):
+            pairs = list(other.items())
+        elif hasattr(other, "keys"):
+            pairs = [(k, other[k]) for k in other.keys()]
+        else:
+            pairs = list(other)
+        pairs.extend(kwargs.items())
+        self._set_many(pairs, None)
+
+    def mset(self, mapping: Mapping[Any, Any], *, ttl: float | None = None) -> None:
+        exp = None if ttl is None else _expiry(ttl)
+        self._set_many(list(mapping.items()), exp)
+
+    def mget(self, keys: Iterable[Any], default: Any = None) -> list[Any]:
+        e = self._e
+        e.check()
+        fulls = [self._key(k) for k in keys]
+        data, _exp = e.live_items() if len(fulls) > 64 else (None, None)
+        if data is not None:
+            return [data.get(k, default) for k in fulls]
+        with e.lock:  # a handful of keys: one consistent read under the lock
+            out = []
+            for k in fulls:
+                r = e.lookup(k)
+                out.append(default if r is MISSING else r[0])
+            return out
+
+    def clear(self) -> None:  # type: ignore[override]
+        e = self._e
+        if not self._prefix:
+            e._enter()
+            try:
+                ticket = e._stage(None, ("c",))
+            finally:
+                e._exit()
+            e.after_write(ticket)
+            return
+        e._enter()  # a view deletes its own keys, in one record
+        try:
+            data, _exp = e.live_items()
+            mine = [(k, ("d",)) for k in data if k.startswith(self._prefix)]
+            ticket = e._stage_many(mine) if mine else 0
+        finally:
+            e._exit()
+        e.after_write(ticket)
+
+    def exists(self, key: Any) -> bool:
+        return self._read(self._key(key)) is not MISSING
+
+    def copy(self) -> dict[str, Any]:
+        data, _exp = self._e.live_items()
+        return dict(self._own(data))
+
+    def keys(self) -> list[str]:  # type: ignore[override]
+        data, _exp = self._e.live_items()
+        return [k for k, _v in self._own(data)]
+
+    def values(self) -> list[Any]:  # type: ignore[override]
+        data, _exp = self._e.live_items()
+        return [v for _k, v in self._own(data)]
+
+    def items(self) -> list[tuple[str, Any]]:  # type: ignore[override]
+        data, _exp = self._e.live_items()
+        return list(self._own(data))
+
+    # ------------------------------------------------------ numeric and lists
+    def incr(self, key: Any, amount: int | float = 1, *, ttl: float | None = None) -> int | float:
+        if not _is_number(amount):
+            raise TypeError(f"amount must be a number, not {type(amount).__name__}")
+        exp = None if ttl is None else _expiry(ttl)
+        full = self._key(key)
+        e = self._e
+        e._enter()
+        try:
+            r = e.lookup(full)
+            current = 0 if r is MISSING else r[0]
+            if not _is_number(current):
+                raise TypeError(f"Value for {key!r} is not numeric")
+            new = current + amount
+            enc, exact = e.codec.encode(new)
+            if exp is None and r is not MISSING:
+                exp = r[1]  # incr keeps the key's TTL unless ttl= is given
+            ticket = e._stage(full, ("s", new, enc, exact, exp))
+        finally:
+            e._exit()
+        e.after_write(ticket)
+        return new
+
+    def _change_list(self, key: Any, change: Callable[[list[Any]], list[Any]], ttl: float | None,
+                     *, must_exist: bool) -> list[Any]:
+        exp = None if ttl is None else _expiry(ttl)
+        full = self._key(key)
+        e = self._e
+        e._enter()
+        try:
+            r = e.lookup(full)
+            if r is MISSING:
+                if must_exist:
+                    raise KeyError(key)
+                current: Any = []
+            else:
+                current = r[0]
+            if not isinstance(current, list):
+                raise TypeError(f"Value for {key!r} is not a list")
+            new = change(list(current))
+            enc, exact = e.codec.encode(new)
+            if exp is None and r is not MISSING:
+                exp = r[1]
+            ticket = e._stage(full, ("s", new, enc, exact, exp))
+        finally:
+            e._exit()
+        e.after_write(ticket)
+        # A copy: changing the returned list must not change the store unlogged.
+        return list(new)
+
+    def append(self, key: Any, value: Any, *, unique: bool = False,
+               ttl: float | None = None) -> list[Any]:
+        def change(items: list[Any]) -> list[Any]:
+            if not unique or value not in items:
+                items.append(value)
+            return items
+
+        return self._change_list(key, change, ttl, must_exist=False)
+
+    def extend(self, key: Any, values: Iterable[Any], *, unique: bool = False,
+               ttl: float | None = None) -> list[Any]:
+        values = list(values)
+
+        def change(items: list[Any]) -> list[Any]:
+            if not unique:
+                items.extend(values)
+                return items
+            for v in values:
+                if v not in items:
+                    items.append(v)
+            return items
+
+        return self._change_list(key, change, ttl, must_exist=False)
+
+    def remove(self, key: Any, value: Any, *, all_occurrences: bool = False) -> list[Any]:
+        def change(items: list[Any]) -> list[Any]:
+            if all_occurrences:
+                return [item for item in items if item != value]
+            items.remove(value)  # ValueError when absent, before anything changes
+            return items
+
+        return self._change_list(key, change, None, must_exist=True)
+
+    # ------------------------------------------------------------------ TTL
+    def expire(self, key: Any, ttl: float) -> None:
+        exp = _expiry(ttl)
+        full = self._key(key)
+        e = self._e
+        e._enter()
+        try:
+            if e.lookup(full) is MISSING:
+                raise KeyError(key)
+            ticket = e._stage(full, ("e", exp))
+        finally:
+            e._exit()
+        e.after_write(ticket)
+
+    def ttl(self, key: Any) -> float | None:
+        r = self._read(self._key(key))
+        if r is MISSING:
+            raise KeyError(key)
+        if r[1] is None:
+            return None
+        remaining = r[1] - time.time()
+        if remaining <= 0:
+            raise KeyError(key)
+        return remaining
+
+    def persist(self, key: Any) -> None:
+        full = self._key(key)
+        e = self._e
+        e._enter()
+        try:
+            r = e.lookup(full)
+            if r is MISSING:
+                raise KeyError(key)
+            ticket = e._stage(full, ("e", None)) if r[1] is not None else 0
+        finally:
+            e._exit()
+        e.after_write(ticket)
+
+    def touch(self, key: Any, ttl: float | None = None) -> None:
+        full = self._key(key)
+        e = self._e
+        e._enter()
+        try:
+            if e.lookup(full) is MISSING:
+                raise KeyError(key)  # checked before ttl, as aiodict does
+            if ttl is None:
+                ticket = 0  # nothing changes: the expiry stays where it is
+            else:
+                ticket = e._stage(full, ("e", _expiry(ttl)))
+        finally:
+            e._exit()
+        e.after_write(ticket)
+
+    def cleanup_expired(self) -> int:
+        """Forget expired keys in memory; returns how many. (They are already
+        invisible; compaction drops them from disk.)"""
+        e = self._e
+        e.check()
+        with e.lock:
+            now = time.time()
+            p = self._prefix
+            dead = [k for k, x in e.exp.items() if x <= now and k.startswith(p)]
+            if dead:
+                e._wgen += 1
+                try:
+                    for k in dead:
+                        e.data.pop(k, None)
+                        e.exp.pop(k, None)
+                finally:
+                    e._wgen += 1
+            return len(dead)
+
+    # ------------------------------------------------------------ the store
+    def stats(self) -> dict[str, Any]:
+        e = self._e
+        data, exp = e.live_items()
+        if self._prefix:
+            keys = [k for k in data if k.startswith(self._prefix)]
+            ttl_keys = sum(1 for k in keys if k in exp)
+            nkeys = len(keys)
+        else:
+            nkeys, ttl_keys = len(data), len(exp)
+        figures = e.stats()
+        out = {
+            "keys": nkeys,
+            "ttl_keys": ttl_keys,
+            "autosave": e.autosave,
+            "autosave_delay": e.autosave_delay,
+            "file_path": self._file_path(),
+            "file_size_bytes": figures.pop("file_size_bytes"),
+            "dirty": figures.pop("dirty"),
+        }
+        out.update(figures)
+        return out
+
+    def _file_path(self) -> str:
+        raise NotImplementedError  # both concrete classes define it
+
+    def flush(self) -> None:
+        self._e.flush()
+
+    def reload(self) -> None:
+        self._e.reload()
+
+    def compact(self) -> None:
+        self._e.compact()
+
+    def close(self) -> None:
+        self._e.close()
+
+    def __enter__(self) -> Any:
+        self._e._ensure_open()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """Group writes into one log record: all or nothing, even after a crash.
+
+        The block sees its own writes; other threads and processes see none of
+        them until it ends. If it raises, its changes are dropped. Nested
+        blocks join the outer one (a nested block that raises undoes itself).
+        """
+        with self._e.transaction():
+            yield self
+
+    def namespace(self, prefix: str, separator: str = ":") -> "NamespaceView":
+        return NamespaceView(self._e, f"{self._prefix}{prefix}{separator}", self)
+
+
+class LogKV(_API):
+    """A persistent dictionary: every change is one append to a checksummed
+    log; reads come from memory. See the README for the full story."""
+
+    def __init__(self, path: str | os.PathLike[str] = "db.json", *, autosave: bool = True,
+                 autosave_delay: float = 0.35, create_backup: bool = True,
+                 serializer: Callable[[Any], Any] | None = None,
+                 deserializer: Callable[[Any], Any] | None = None, indent: int | None = None,
+                 sort_keys: bool = False, cleanup_expired_on_load: bool = True,
+                 lock_timeout: float | None = 10.0, encoding: str = "utf-8",
+                 durability: str = "interval", compact_on_close: bool = True,
+                 read_only: bool = False, auto_compact: bool = True,
+                 auto_compact_min_size: int = 4 << 20, auto_compact_percentage: int = 100,
+                 _fs: FileSystem | None = None) -> None:
+        if encoding.replace("-", "").replace("_", "").lower() != "utf8":
+            # JSON text exchanged between programs is UTF-8 (RFC 8259 §8.1).
+            raise ValueError("logkv stores UTF-8 only (encoding='utf-8')")
+        if indent is not None and (isinstance(indent, bool) or not isinstance(indent, int)):
+            raise TypeError("indent must be an int or None")
+        self._given_path = os.fspath(path)
+        self._prefix = ""
+        self.encoding = encoding
+        self._e = Engine(os.path.abspath(self._given_path),
+                         codec=ValueCodec(serializer, deserializer), autosave=autosave,
+                         autosave_delay=autosave_delay, durability=durability,
+                         create_backup=create_backup, compact_on_close=compact_on_close,
+                         cleanup_expired_on_load=cleanup_expired_on_load,
+                         lock_timeout=lock_timeout, indent=indent, sort_keys=sort_keys,
+                         read_only=read_only, auto_compact=auto_compact,
+                         auto_compact_min_size=auto_compact_min_size,
+                         auto_compact_percentage=auto_compact_percentage, fs=_fs)
+
+    @property
+    def path(self) -> str:
+        return self._given_path
+
+    def _file_path(self) -> str:
+        return self._given_path
+
+    def __repr__(self) -> str:
+        try:
+            size: Any = len(self)
+        except Exception:
+            size = "closed"
+        return f"LogKV(path={self._given_path!r}, size={size})"
+
+    # The hot paths, written out without the prefix machinery (CONTRACT §6).
+    def __getitem__(self, key: Any) -> Any:
+        e = self._e
+        w = e._words
+        if w[_W_SEQ] != e._shm_seen or w[_W_GEN] != e.log_gen:
+            e.catch_up()
+        if type(key) is not str:
+            key = str(key)
+        if e._tx is None:
+            g = e._wgen
+            v = e.data.get(key, MISSING)
+            if v is not MISSING and not (g & 1) and g == e._wgen:
+                exp = e.exp
+                if not exp or key not in exp or exp[key] > time.time():
+                    return v
+        r = e.lookup(key)
+        if r is MISSING:
+            raise KeyError(key)
+        return r[0]
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        e = self._e
+        w = e._words
+        if w[_W_SEQ] != e._shm_seen or w[_W_GEN] != e.log_gen:
+            e.catch_up()
+        if type(key) is not str:
+            key = str(key)
+        if e._tx is None:
+            g = e._wgen
+            v = e.data.get(key, MISSING)
+            if v is not MISSING and not (g & 1) and g == e._wgen:
+                exp = e.exp
+                if not exp or key not in exp or exp[key] > time.time():
+                    return v
+        r = e.lookup(key)
+        return default if r is MISSING else r[0]
+
+    def set(self, key: Any, value: Any, *, ttl: float | None = None) -> None:
+        if type(key) is not str:
+            key = str(key)
+        exp = None if ttl is None else _expiry(ttl)
+        e = self._e
+        enc, exact = e.codec.encode(value)
+        e._enter()
+        try:
+            ticket = e._stage(key, ("s", value, enc, exact, exp))
+        finally:
+            e._exit()
+        if ticket:
+            e.after_write(ticket)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.set(key, value)
+
+
+class NamespaceView(_API):
+    """The keys of a store that start with ``prefix + separator``, with the
+    store's whole method set. flush/reload/compact/close act on the store."""
+
+    def __init__(self, engine: Engine, prefix: str, parent: _API) -> None:
+        self._e = engine
+        self._prefix = prefix
+        self._parent = parent
+
+    @property
+    def prefix(self) -> str:
+        return self._prefix
+
+    def _file_path(self) -> str:
+        return self._parent._file_path()
+
+    def __repr__(self) -> str:
+        return f"NamespaceView(prefix={self._prefix!r}, size={len(self)})"
