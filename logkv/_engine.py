@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from fcntl import LOCK_EX, LOCK_NB, LOCK_UN, flock
 from typing import Any, Callable, Iterator
 
 from ._errors import (ClosedError, CorruptionError, LogKVError, LogMismatchError, ReadOnlyError,
@@ -27,6 +28,7 @@ from ._snapshot import Snapshot, load_snapshot
 
 log = logging.getLogger("logkv")
 
+LOCK_EX_NB = LOCK_EX | LOCK_NB
 MISSING: Any = object()
 _ABSENT: Any = object()
 DURABILITY_MODES = ("always", "interval", "os")
@@ -149,6 +151,10 @@ class Engine:
         self._pending_clear = False
         self._closed = False
         self._poisoned: str | None = None
+        self._pid = os.getpid()
+        # True while the one-record fast path may run (autosave, writable,
+        # open, not poisoned); anything else takes the general path.
+        self._fast = autosave and not read_only
 
         self.log: LogFile | None = None
         self._retired: list[LogFile] = []
@@ -177,6 +183,7 @@ class Engine:
         if not read_only:
             os.makedirs(self.folder, exist_ok=True)
         self.coord = Coordinator(self.fs, path, read_only=read_only, timeout=lock_timeout)
+        self._lock_fd = self.coord.lock_fd
         self._words: Any = self.coord.words if self.coord.words is not None else _StatWords(self.wal_path)
         try:
             self.coord.lock()
@@ -271,6 +278,7 @@ class Engine:
             # start a log that belongs to the file that is there now.
             self._retire_log()
             self._new_log(snap.log_id or secrets.token_hex(16), snap.seq, snap.fingerprint)
+            last = snap.seq
         self.seq = max(self.seq, last)
         self._finish_open(snap, rebuild=rebuild)
 
@@ -606,6 +614,93 @@ class Engine:
             return self._commit([], clear=True)
         return self._commit([(key, entry)], clear=False)
 
+    def write_one(self, key: str, entry: Entry) -> int:
+        """Log and apply one change to one key: the hot path of set()."""
+        lock = self.lock
+        lock.acquire()
+        try:
+            if self._depth or not self._fast:
+                self._enter()
+                try:
+                    return self._stage(key, entry)
+                finally:
+                    self._exit()
+            self._lock_write()
+            try:
+                return self._write_entry_locked(key, entry)
+            finally:
+                flock(self._lock_fd, LOCK_UN)
+        finally:
+            lock.release()
+
+    def modify_one(self, key: str, change: Callable[[Any], Entry | None]) -> int:
+        """Read-modify-write of one key under the write lock: ``change`` gets
+        ``(value, expires_at)`` or MISSING and returns the entry to write (or
+        None for no change). The hot path of incr() and the list helpers."""
+        lock = self.lock
+        lock.acquire()
+        try:
+            if self._depth or not self._fast:
+                self._enter()
+                try:
+                    entry = change(self.lookup(key))
+                    return 0 if entry is None else self._stage(key, entry)
+                finally:
+                    self._exit()
+            self._lock_write()
+            try:
+                v = self.data.get(key, _ABSENT)
+                x = self.exp.get(key)
+                if v is _ABSENT or (x is not None and x <= time.time()):
+                    entry = change(MISSING)
+                else:
+                    entry = change((v, x))
+                return 0 if entry is None else self._write_entry_locked(key, entry)
+            finally:
+                flock(self._lock_fd, LOCK_UN)
+        finally:
+            lock.release()
+
+    def _lock_write(self) -> None:
+        """Take the write lock (caller holds self.lock, depth 0) and catch up."""
+        try:
+            flock(self._lock_fd, LOCK_EX_NB)
+        except BlockingIOError:
+            self.coord.lock()
+        try:
+            w = self._words
+            if w[W_SEQ] != self.seq or w[W_GEN] != self.log_gen or w[W_WRITER]:
+                self._catch_up_locked()
+        except BaseException:
+            flock(self._lock_fd, LOCK_UN)
+            raise
+
+    def _write_entry_locked(self, key: str, entry: Entry) -> int:
+        self._append(build_line(self.seq + 1, [_op_bytes(key, entry)],
+                                entry[0] == "s" and entry[3]))
+        data, exp = self.data, self.exp
+        self._wgen += 1
+        try:
+            kind = entry[0]
+            if kind == "s":
+                data[key] = entry[1]
+                if entry[4] is None:
+                    if exp:
+                        exp.pop(key, None)
+                else:
+                    exp[key] = entry[4]
+            elif kind == "d":
+                data.pop(key, None)
+                exp.pop(key, None)
+            elif key in data:
+                if entry[1] is None:
+                    exp.pop(key, None)
+                else:
+                    exp[key] = entry[1]
+        finally:
+            self._wgen += 1
+        return self._tickets
+
     def _stage_many(self, items: list[tuple[str, Entry]]) -> int:
         if self._tx is not None:
             for key, entry in items:
@@ -639,7 +734,7 @@ class Engine:
         assert self.log is not None
         words = self._words
         seq = self.seq + 1
-        words[W_WRITER] = os.getpid()
+        words[W_WRITER] = self._pid
         try:
             end = self.log.append(line, self.log_end)
         finally:
@@ -697,6 +792,7 @@ class Engine:
                     else:
                         # Linux reports a failed fsync once and may drop the
                         # pages; a retry would "succeed" falsely. Stop here.
+                        self._fast = False
                         self._poisoned = (f"{self.wal_path}: fsync failed ({err.strerror or err}); "
                                           "the store refuses writes until it is reopened")
                     cv.notify_all()
@@ -883,12 +979,14 @@ class Engine:
         return done
 
     def _start_auto_compaction(self) -> None:
+        from ._compact import EXIT_BUSY
+
         self._want_compaction = False
         child = self._compactor
         if child is not None:
             if child.poll() is None:
                 return
-            if child.returncode:
+            if child.returncode not in (0, EXIT_BUSY):
                 log.warning("%s: automatic compaction failed (exit %s)", self.path, child.returncode)
         from ._compact import spawn_compaction_child
 
@@ -921,6 +1019,7 @@ class Engine:
                     log.warning("%s: compaction on close failed: %s", self.path, exc)
         with self.lock:
             self._closed = True
+            self._fast = False
             self._release_files()
             self.data = {}
             self.exp = {}

@@ -22,7 +22,10 @@ class FileSystem:
 
     def write(self, fd: int, data: bytes) -> None:
         """Write all of ``data`` (loops over short writes)."""
-        view = memoryview(data)
+        n = os.write(fd, data)
+        if n == len(data):
+            return
+        view = memoryview(data)[n:]
         while view:
             n = os.write(fd, view)
             view = view[n:]

@@ -51,12 +51,7 @@ class _API(MutableMapping[str, Any]):
 
     def _write(self, full: str, entry: tuple) -> None:
         e = self._e
-        e._enter()
-        try:
-            ticket = e._stage(full, entry)
-        finally:
-            e._exit()
-        e.after_write(ticket)
+        e.after_write(e.write_one(full, entry))
 
     def _own(self, data: dict[str, Any]) -> Iterator[tuple[str, Any]]:
         p = self._prefix
@@ -228,32 +223,29 @@ class _API(MutableMapping[str, Any]):
         if not _is_number(amount):
             raise TypeError(f"amount must be a number, not {type(amount).__name__}")
         exp = None if ttl is None else _expiry(ttl)
-        full = self._key(key)
         e = self._e
-        e._enter()
-        try:
-            r = e.lookup(full)
+        result: list[Any] = []
+
+        def change(r: Any) -> tuple:
             current = 0 if r is MISSING else r[0]
             if not _is_number(current):
                 raise TypeError(f"Value for {key!r} is not numeric")
             new = current + amount
             enc, exact = e.codec.encode(new)
-            if exp is None and r is not MISSING:
-                exp = r[1]  # incr keeps the key's TTL unless ttl= is given
-            ticket = e._stage(full, ("s", new, enc, exact, exp))
-        finally:
-            e._exit()
-        e.after_write(ticket)
-        return new
+            result.append(new)
+            # incr keeps the key's TTL unless ttl= is given
+            return ("s", new, enc, exact, exp if exp is not None or r is MISSING else r[1])
+
+        e.after_write(e.modify_one(self._key(key), change))
+        return result[0]
 
     def _change_list(self, key: Any, change: Callable[[list[Any]], list[Any]], ttl: float | None,
                      *, must_exist: bool) -> list[Any]:
         exp = None if ttl is None else _expiry(ttl)
-        full = self._key(key)
         e = self._e
-        e._enter()
-        try:
-            r = e.lookup(full)
+        result: list[Any] = []
+
+        def modify(r: Any) -> tuple:
             if r is MISSING:
                 if must_exist:
                     raise KeyError(key)
@@ -264,14 +256,12 @@ class _API(MutableMapping[str, Any]):
                 raise TypeError(f"Value for {key!r} is not a list")
             new = change(list(current))
             enc, exact = e.codec.encode(new)
-            if exp is None and r is not MISSING:
-                exp = r[1]
-            ticket = e._stage(full, ("s", new, enc, exact, exp))
-        finally:
-            e._exit()
-        e.after_write(ticket)
+            result.append(new)
+            return ("s", new, enc, exact, exp if exp is not None or r is MISSING else r[1])
+
+        e.after_write(e.modify_one(self._key(key), modify))
         # A copy: changing the returned list must not change the store unlogged.
-        return list(new)
+        return list(result[0])
 
     def append(self, key: Any, value: Any, *, unique: bool = False,
                ttl: float | None = None) -> list[Any]:
@@ -527,11 +517,7 @@ class LogKV(_API):
         exp = None if ttl is None else _expiry(ttl)
         e = self._e
         enc, exact = e.codec.encode(value)
-        e._enter()
-        try:
-            ticket = e._stage(key, ("s", value, enc, exact, exp))
-        finally:
-            e._exit()
+        ticket = e.write_one(key, ("s", value, enc, exact, exp))
         if ticket:
             e.after_write(ticket)
 
