@@ -283,8 +283,8 @@ out("DONE " + json.dumps(calls))
 db.close()
 '''
 
-STEP_CALLS = ["fsync", "fdatasync", "link", "rename", "replace", "unlink"]
-ALL_CALLS = STEP_CALLS + ["open", "write", "pwrite", "ftruncate", "truncate"]
+STEP_CALLS = ["fsync", "fdatasync", "link", "rename", "replace", "unlink", "write"]
+ALL_CALLS = STEP_CALLS + ["open", "pwrite", "ftruncate", "truncate"]
 
 
 def _hooked_run(tmp_path: Path, store: Path, target: int, when: str, names: list[str], rnd: int):
@@ -441,6 +441,29 @@ def test_new_snapshot_with_old_log_holding_later_records(tmp_path):
     with LogKV(str(p)) as db:
         assert db["counter"] == 119
         assert db["lst"] == ["x", "y", "z"]
+
+
+def test_records_already_in_the_snapshot_are_never_reapplied(tmp_path):
+    """design.md §5: a record is applied only if its sequence is above what the
+    snapshot holds. Records are post-images, so replaying a whole old log in
+    order would hide a double apply; replaying only its first records would
+    not: the snapshot (counter 115) next to an old log cut after its first two
+    records (counter 101, 102) must give the snapshot's state."""
+    p, db = _store_with_records(tmp_path / "s")
+    old_wal = _wal(p).read_bytes()
+    db.compact()
+    expected = dict(db.items())
+    db.close()
+    lines = old_wal.splitlines(keepends=True)
+    assert len(lines) >= 4 and b'"counter",101' in lines[1] and b'"counter",102' in lines[2], lines[:3]
+    _wal(p).write_bytes(b"".join(lines[:3]))  # header + two records, all <= S
+    (p.parent / "db.json.shm").unlink(missing_ok=True)
+    with LogKV(str(p), compact_on_close=False) as db:
+        assert dict(db.items()) == expected
+        assert db["counter"] == 115
+        db.incr("counter")
+    with LogKV(str(p)) as db:
+        assert dict(db.items()) == {**expected, "counter": 116}
 
 
 def test_half_made_rotated_log_is_ignored(tmp_path):
