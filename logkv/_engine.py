@@ -22,7 +22,8 @@ from ._errors import (ClosedError, CorruptionError, LogKVError, LogMismatchError
 from ._fs import DEFAULT_FS, FileSystem
 from ._lock import (MAGIC, W_COMPACTIONS, W_END, W_GEN, W_LAST_COMPACTION_MS, W_MAGIC, W_SEQ,
                     W_SNAPSHOT_SIZE, W_WRITER, Coordinator)
-from ._log import LogFile, LogHeader, decode_records, locate_record, parse_header
+from ._log import (LogFile, LogHeader, decode_records, locate_record, parse_header,
+                   replay_start)
 from ._record import (OP_CLEAR, RecordError, ValueCodec, build_header, build_line, op_delete,
                       op_expire, op_set, validate_op)
 from ._snapshot import Snapshot, load_snapshot
@@ -268,7 +269,8 @@ class Engine:
                 self._finish_open(snap, rebuild=False)
             return
         header = parse_header(buf, self.wal_path)
-        start = self._replay_start(snap, header, buf)
+        start = replay_start(snap.log_id, snap.seq, snap.fingerprint, header,
+                             buf.find(b"\n", header.end) >= 0, self.wal_path, self.path)
         self.log_id = header.log_id
         last = self._replay(buf, header, start)
         end_of_lines = self.log_end
@@ -314,26 +316,6 @@ class Engine:
         if self.cleanup_expired_on_load and self.exp:
             self._drop_expired()
         self._set_compact_threshold()
-
-    def _replay_start(self, snap: Snapshot, header: LogHeader, buf: bytes) -> int:
-        """The sequence after which records apply on top of ``snap`` (design §5)."""
-        if snap.log_id is not None and snap.log_id == header.log_id:
-            if header.base_seq > snap.seq:
-                raise LogMismatchError(
-                    f"{self.wal_path}: the log starts after sequence {header.base_seq} but the "
-                    f"snapshot {self.path} holds only up to {snap.seq} (an older snapshot was put "
-                    "back?); records in between are missing. Run `logkv recover` to choose.",
-                    path=self.wal_path, offset=0)
-            return snap.seq
-        if header.fingerprint == snap.fingerprint:
-            return header.base_seq
-        if buf.find(b"\n", header.end) < 0:
-            return header.base_seq  # no records: nothing can be applied wrongly
-        raise LogMismatchError(
-            f"{self.wal_path}: the log's records do not belong to the snapshot {self.path} "
-            "(was it rewritten by another program?). They were not applied. Run `logkv recover` "
-            "to choose between the snapshot alone and the snapshot plus these records.",
-            path=self.wal_path, offset=0)
 
     def _replay(self, buf: bytes, header: LogHeader, start: int) -> int:
         """Apply the records of the log ``buf`` with sequence > ``start``; return the last seq."""

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import orjson
 import xxhash
 
-from ._errors import CorruptionError, StorageError
+from ._errors import CorruptionError, LogMismatchError, StorageError
 from ._fs import FileSystem
 from ._record import BODY_START, CHECK_END, LINE_PREFIX, RecordError, parse_line, validate_op
 
@@ -65,6 +65,28 @@ def parse_header(buf: bytes, path: str) -> LogHeader:
     if type(head) is not dict or type(head.get("log")) is not str or type(head.get("base")) is not str:
         raise CorruptionError(f"{path}: the first line is not a log header (offset 0)", path=path, offset=0)
     return LogHeader(rec["s"], head["log"], head["base"], nl + 1)
+
+
+def replay_start(snap_log_id: str | None, snap_seq: int, snap_fingerprint: str,
+                 header: LogHeader, has_records: bool, wal_path: str, snap_path: str) -> int:
+    """The sequence after which the log's records apply on top of the
+    snapshot (docs/design.md §5); LogMismatchError when they do not belong."""
+    if snap_log_id is not None and snap_log_id == header.log_id:
+        if header.base_seq > snap_seq:
+            raise LogMismatchError(
+                f"{wal_path}: the log starts after sequence {header.base_seq} but the snapshot "
+                f"{snap_path} holds only up to {snap_seq} (an older snapshot was put back?); "
+                "records in between are missing. Run `logkv recover` to choose.",
+                path=wal_path, offset=0)
+        return snap_seq
+    if header.fingerprint == snap_fingerprint or not has_records:
+        # Started on exactly this snapshot, or nothing to apply wrongly.
+        return header.base_seq
+    raise LogMismatchError(
+        f"{wal_path}: the log's records do not belong to the snapshot {snap_path} (was it "
+        "rewritten by another program?). They were not applied. Run `logkv recover` to choose "
+        "between the snapshot alone and the snapshot plus these records.",
+        path=wal_path, offset=0)
 
 
 def iter_records(buf: bytes, start: int, prev_seq: int, path: str,

@@ -401,6 +401,8 @@ class _API(MutableMapping[str, Any]):
         self._e.reload()
 
     def compact(self) -> None:
+        """Fold the log into the snapshot now (waits for a compaction another
+        process is running, then runs its own)."""
         self._e.compact()
 
     def close(self) -> None:

@@ -31,7 +31,7 @@ import orjson
 
 from ._errors import CorruptionError, LogKVError, LogMismatchError
 from ._fs import DEFAULT_FS
-from ._log import parse_header
+from ._log import parse_header, replay_start
 from ._record import RecordError, build_header, parse_line, validate_op
 from ._snapshot import Snapshot, encode_snapshot, install_snapshot, parse_snapshot, write_snapshot
 from ._store import LogKV
@@ -531,15 +531,12 @@ def cmd_recover(args: argparse.Namespace) -> int:
             if valid:
                 mismatch = "the log's header is damaged, so it cannot tell which snapshot it " \
                            "belongs to"
-        elif snap.log_id is not None and snap.log_id == header.log_id:
-            if header.base_seq > snap.seq and valid:
-                mismatch = (f"the log starts after sequence {header.base_seq} but the snapshot"
-                            f" holds only up to {snap.seq}: records in between are missing")
-        elif header.fingerprint == snap.fingerprint:
-            start = header.base_seq
-        elif valid:
-            mismatch = "the log's records were written on top of another snapshot " \
-                       "(was the snapshot rewritten by another program?)"
+        else:
+            try:
+                start = replay_start(snap.log_id, snap.seq, snap.fingerprint, header,
+                                     bool(valid), wal, path)
+            except LogMismatchError as exc:
+                mismatch = str(exc)
         if mismatch is not None:
             # Records of the same stream (or of an unknown one) are applied
             # only above what the snapshot holds; those of another stream all.

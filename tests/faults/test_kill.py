@@ -183,32 +183,44 @@ class Verifier:
         self.durable: dict = {}  # every key/value verified after an earlier kill
         self.counter = 0
 
-    def check(self, store: Path, lines: list[str], tag: str) -> dict:
+    def check(self, store: Path, lines: list[str] | list[list[str]], tag: str) -> dict:
+        """``lines``: the output of one writer, or a list of outputs of writers
+        that ran at the same time on the store."""
+        streams = [lines] if not lines or isinstance(lines[0], str) else lines
         acked_s, intent_s = set(), set()
         acked_g, intent_g = set(), set()
         incr_values: list[int] = []
-        incr_inflight = False
-        pads_acked = "P" in lines
-        for line in lines:
-            op, _, arg = line.partition(" ")
-            if op == "s":
-                intent_s.add(arg)
-            elif op == "S":
-                acked_s.add(arg)
-            elif op in ("t", "m"):
-                intent_g.add(arg)
-            elif op in ("T", "M"):
-                acked_g.add(arg)
-            elif op == "i":
-                incr_inflight = True
-            elif op == "I":
-                incr_values.append(int(arg))
-                incr_inflight = False
-        # incr returned consecutive values continuing the counter: no lost or
-        # double-applied increment in the live process either
-        assert incr_values == list(range(self.counter + 1, self.counter + 1 + len(incr_values))), (
-            f"{tag}: incr returned {incr_values[:5]}… starting from a recovered counter of {self.counter}"
-        )
+        inflight = 0
+        pads_acked = False
+        for stream in streams:
+            incr_inflight = False
+            pads_acked |= "P" in stream
+            for line in stream:
+                op, _, arg = line.partition(" ")
+                if op == "s":
+                    intent_s.add(arg)
+                elif op == "S":
+                    acked_s.add(arg)
+                elif op in ("t", "m"):
+                    intent_g.add(arg)
+                elif op in ("T", "M"):
+                    acked_g.add(arg)
+                elif op == "i":
+                    incr_inflight = True
+                elif op == "I":
+                    incr_values.append(int(arg))
+                    incr_inflight = False
+            inflight += incr_inflight
+        if len(streams) == 1:
+            # incr returned consecutive values continuing the counter: no lost
+            # or double-applied increment in the live process either
+            assert incr_values == list(range(self.counter + 1, self.counter + 1 + len(incr_values))), (
+                f"{tag}: incr returned {incr_values[:5]}… starting from a recovered counter of {self.counter}"
+            )
+        else:
+            # several writers: the values they were given are distinct (no lost update)
+            assert len(set(incr_values)) == len(incr_values), f"{tag}: incr returned a value twice"
+            assert all(v > self.counter for v in incr_values)
         acked_counter = self.counter + len(incr_values)
 
         with LogKV(str(store), compact_on_close=False) as db:
@@ -227,7 +239,9 @@ class Verifier:
             if k in state and state[k] != int(k.rsplit("_", 1)[1]):
                 problems.append(f"in-flight set {k!r} has a wrong value {state[k]!r}")
         counter = state.get("counter", 0)
-        allowed = {acked_counter, acked_counter + 1} if incr_inflight else {acked_counter}
+        allowed = set(range(acked_counter, acked_counter + inflight + 1))
+        if incr_values and max(incr_values) > counter:
+            problems.append(f"counter {counter} is below an acknowledged incr result {max(incr_values)}")
         if counter not in allowed:
             problems.append(
                 f"counter {counter} but {len(incr_values)} increments acknowledged on top of "
@@ -304,8 +318,168 @@ def test_kill9_while_compacting(tmp_path, durability):
     _soak(tmp_path, durability, time_kills=0, compact_kills=2, seed=seed)
 
 
+def _pair(tmp_path: Path, durability: str, rounds: int, seed: int) -> None:
+    """Two writers on one store; one is killed while the other goes on writing
+    (and must cut whatever half record the dead one left, design.md §7), then
+    the other is killed too."""
+    rng = random.Random(seed)
+    store = tmp_path / "db.json"
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    ver = Verifier()
+    for r in range(rounds):
+        kids = [
+            Child(script, [str(store), durability, f"p{r}{x}", str(c)], tmp_path / f"stderr-p{r}{x}.txt", None)
+            for x, c in (("a", 0), ("b", 5 if r % 2 else 0))
+        ]
+        for k in kids:
+            if not k.ready.wait(60) or "READY" not in k.lines:
+                for kk in kids:
+                    kk.kill()
+                pytest.fail(f"writer did not start: {k.errfile.read_text()[-3000:]}")
+        rng.shuffle(kids)
+        time.sleep(rng.uniform(0.0, 0.1))
+        kids[0].kill()
+        n_before = len(kids[1].lines)
+        time.sleep(rng.uniform(0.02, 0.1))
+        deadline = time.monotonic() + 30
+        while len(kids[1].lines) < n_before + 20 and time.monotonic() < deadline:
+            time.sleep(0.005)  # the survivor writes on after the death
+        kids[1].kill()
+        outs = [k.finish() for k in kids]
+        ver.check(store, outs, f"durability={durability} seed={seed} pair round {r}; "
+                               f"last lines {[o[-2:] for o in outs]}")
+    with LogKV(str(store)) as db:
+        assert dict(db.items()) == ver.durable
+
+
+@pytest.mark.parametrize("durability", MODES)
+def test_kill9_one_of_two_writers(tmp_path, durability):
+    _pair(tmp_path, durability, rounds=2, seed=random.randrange(1 << 30))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("durability", MODES)
+def test_kill9_one_of_two_writers_soak(tmp_path, durability):
+    _pair(tmp_path, durability, rounds=12, seed=random.randrange(1 << 30))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("durability", MODES)
 def test_kill9_soak(tmp_path, durability):
     seed = random.randrange(1 << 30)
     _soak(tmp_path, durability, time_kills=15, compact_kills=10, seed=seed)
+
+
+# --------------------------------------------------------------------------- death inside an append
+
+DYING = r'''
+import os, signal, sys
+from logkv import LogKV
+
+path, durability, k, how, side = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+_write = os.write
+count = [0]
+
+def write(fd, data):
+    try:
+        target = os.readlink("/proc/self/fd/%d" % fd)
+    except OSError:
+        target = ""
+    if target.endswith(".wal"):
+        count[0] += 1
+        if count[0] == k:
+            # die inside the append: after part or all of the line reached the
+            # file, before the call could return (and before logkv published it)
+            data = bytes(data)
+            _write(fd, data[: len(data) // 2] if how == "half" else data)
+            _write(side, b"%d" % len(data))  # tell the parent the line's length
+            os.kill(os.getpid(), signal.SIGKILL)
+    return _write(fd, data)
+
+def out(s):
+    _write(1, (s + "\n").encode())
+
+os.write = write
+db = LogKV(path, durability=durability)
+out("READY")
+for i in range(1, 1000):
+    if i % 3 == 0:
+        out("m %d" % i)
+        db.mset({"g%d:a" % i: i, "g%d:b" % i: i, "g%d:c" % i: i})
+        out("M %d" % i)
+    else:
+        out("s %d" % i)
+        db.set("k%d" % i, i)
+        out("S %d" % i)
+'''
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to find the log's descriptor")
+@pytest.mark.parametrize("durability", ["always", "interval", "os"])
+@pytest.mark.parametrize("how", ["half", "whole"])
+@pytest.mark.parametrize("k", [5, 6], ids=["set", "mset"])
+@pytest.mark.parametrize("others", ["alone", "survivors"])
+def test_writer_dies_inside_its_append(tmp_path, durability, how, k, others):
+    """A writer is killed inside its append (the bytes are in the file, the call
+    never returned). With other processes still open (design.md §7: the next
+    writer finds the dead writer's mark and cuts its bytes) and alone (the next
+    opener drops the torn tail): no acknowledged write is lost, the dying
+    record is whole or absent, and the log stays usable."""
+    store = tmp_path / "db.json"
+    script = tmp_path / "dying.py"
+    script.write_text(DYING)
+    survivor = ro = None
+    if others == "survivors":
+        survivor = LogKV(str(store), durability=durability, compact_on_close=False)
+        survivor.set("base", 0)
+        ro = LogKV(str(store), read_only=True)
+        assert ro.get("base") == 0
+    r, w = os.pipe()
+    try:
+        res = subprocess.run([sys.executable, str(script), str(store), durability, str(k), how, str(w)],
+                             capture_output=True, env=_env(), timeout=60, pass_fds=(w,))
+    finally:
+        os.close(w)
+    with os.fdopen(r, "rb") as f:
+        line_len = int(f.read() or b"0")
+    assert res.returncode == -signal.SIGKILL, res.stderr.decode()[-3000:]
+    lines = res.stdout.decode().splitlines()
+    assert lines[0] == "READY" and line_len > 0, lines
+    acked = [ln.split()[1] for ln in lines if ln[:1] in "SM"]
+    dying = next(ln.split()[1] for ln in reversed(lines) if ln[:1] in "sm")
+    assert len(acked) == k - 1 and dying == str(k), lines
+
+    def dying_keys(i: str) -> list[str]:
+        return [f"g{i}:{s}" for s in "abc"] if int(i) % 3 == 0 else [f"k{i}"]
+
+    def check(state: dict, where: str) -> None:
+        for i in acked:
+            for key in dying_keys(i):
+                assert state.get(key) == int(i), f"{where}: acknowledged {key} lost"
+        present = [key for key in dying_keys(dying) if key in state]
+        assert present in ([], dying_keys(dying)), f"{where}: half of the dying batch is visible: {present}"
+        if how == "half":
+            assert present == [], f"{where}: a half-written record was applied"
+
+    if others == "survivors":
+        assert survivor is not None and ro is not None
+        check(dict(ro.items()), "read-only reader after the death")
+        survivor.incr("after")  # the next write must not be glued to the dead writer's bytes
+        survivor.set("after2", "x")
+        check(dict(survivor.items()), "surviving writer")
+        assert ro.get("after") == 1 and ro.get("after2") == "x"
+        check(dict(ro.items()), "read-only reader after the survivor's writes")
+        survivor.close()
+        ro.close()
+    with LogKV(str(store), compact_on_close=False) as db:
+        state = dict(db.items())
+        check(state, "reopen")
+        if others == "alone" and how == "half":
+            assert db.stats()["dropped_tail_bytes"] == line_len // 2
+        if others == "survivors":
+            assert state.get("after") == 1 and state.get("after2") == "x"
+        db.incr("after")
+    with LogKV(str(store)) as db:
+        check(dict(db.items()), "second reopen")
+        assert db.get("after") == (2 if others == "survivors" else 1)

@@ -235,7 +235,7 @@ def test_incr_and_append_from_four_processes(tmp_path, opts):
 @pytest.mark.slow
 @pytest.mark.parametrize("opts", DURABILITIES)
 def test_incr_and_append_from_four_processes_soak(tmp_path, opts):
-    _incr_append(tmp_path, opts, n=4000)
+    _incr_append(tmp_path, opts, n=1000)
 
 
 @pytest.mark.parametrize("opts", DURABILITIES)

@@ -1,0 +1,195 @@
+"""Moving data in and out of logkv: ``logkv import SRC DEST`` and
+``logkv export PATH [OUT]`` (the CLI wires these functions in).
+
+``import_file`` reads any of
+
+* an aiodict file (``{"version": 1, "data": {key: {"value", "expires_at"}}}``;
+  expiry times are kept, already expired keys are skipped),
+* a pickleDB JSON file, or any plain JSON object (each member is a key),
+* a pickleDB SQLite database (detected by its header bytes; table ``kv``,
+  values are orjson bytes),
+* an empty file (nothing to import),
+
+and writes it into a new logkv store. ``export_file`` writes a store's live
+state as one plain JSON object, atomically.
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from typing import IO, Any, Callable
+
+import orjson
+
+from ._fs import DEFAULT_FS
+from ._record import ValueCodec
+from ._snapshot import parse_snapshot, write_snapshot
+from ._store import LogKV
+
+__all__ = ["import_file", "export_file", "detect_format", "BATCH"]
+
+Progress = Callable[[int, int], None]
+SQLITE_MAGIC = b"SQLite format 3\x00"
+BATCH = 10_000  # keys per log record while importing
+
+
+def detect_format(path: str | os.PathLike[str]) -> str:
+    """``"sqlite"``, ``"logkv"`` (a store with its log beside it), ``"aiodict"``,
+    ``"json"`` (a plain object) or ``"empty"``."""
+    path = os.fspath(path)
+    raw = _read(path)
+    if raw.startswith(SQLITE_MAGIC):
+        return "sqlite"
+    if os.path.exists(path + ".wal"):
+        return "logkv"
+    if not raw.strip():
+        return "empty"
+    snap = parse_snapshot(raw, path)  # raises CorruptionError when not a JSON object
+    if snap.expiries:
+        return "aiodict"
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return "aiodict" if snap.seq else "json"
+    return "aiodict" if type(doc) is dict and "version" in doc and "data" in doc else "json"
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _read_sqlite(path: str, table: str) -> dict[str, Any]:
+    uri = "file:" + os.path.abspath(path) + "?mode=ro"
+    conn = sqlite3.connect(uri, uri=True)
+    try:
+        quoted = '"' + table.replace('"', '""') + '"'
+        rows = conn.execute(f"SELECT key, value FROM {quoted} ORDER BY rowid").fetchall()
+    finally:
+        conn.close()
+    out: dict[str, Any] = {}
+    for key, value in rows:
+        if isinstance(value, str):
+            value = value.encode("utf-8")
+        out[str(key)] = orjson.loads(value)
+    return out
+
+
+def _load_source(src: str, table: str) -> tuple[dict[str, Any], dict[str, float]]:
+    with open(src, "rb") as f:
+        head = f.read(len(SQLITE_MAGIC))
+    if head == SQLITE_MAGIC:
+        return _read_sqlite(src, table), {}
+    if os.path.exists(src + ".wal"):
+        # A logkv store: its log may hold changes the snapshot does not.
+        db = LogKV(src, read_only=True)
+        try:
+            return db._e.live_items()
+        finally:
+            db.close()
+    # The snapshot reader: aiodict's format or a plain object, integers of any
+    # size kept exact, NaN/Infinity refused with the key named.
+    snap = parse_snapshot(_read(src), src)
+    return snap.data, snap.expiries
+
+
+def import_file(src: str | os.PathLike[str], dest: str | os.PathLike[str], *,
+                progress: Progress | None = None, table: str = "kv",
+                **store_options: Any) -> int:
+    """Import the aiodict, pickleDB (JSON or SQLite) or plain JSON file ``src``
+    into a new logkv store at ``dest``; return the number of keys imported.
+
+    ``dest`` must not hold a store yet (neither ``dest`` nor ``dest.wal``
+    exists). Keys go in batches of ``BATCH`` (one log record each); expiry
+    times from aiodict files are kept exactly, keys already expired are
+    skipped. ``progress(done, total)`` is called after each batch.
+    ``store_options`` go to ``LogKV`` (e.g. ``durability``).
+    """
+    src_s, dest_s = os.fspath(src), os.fspath(dest)
+    if os.path.abspath(src_s) == os.path.abspath(dest_s):
+        raise ValueError("import: source and destination are the same file (logkv opens "
+                         "aiodict and pickleDB JSON files in place; no import is needed)")
+    for existing in (dest_s, dest_s + ".wal"):
+        if os.path.exists(existing):
+            raise FileExistsError(f"import: {existing} already exists; choose a new destination")
+    data, expiries = _load_source(src_s, table)
+    now = time.time()
+    plain = [(k, v) for k, v in data.items() if k not in expiries]
+    timed = [(k, v, expiries[k]) for k, v in data.items() if k in expiries and expiries[k] > now]
+    total = len(plain) + len(timed)
+    done = 0
+    if progress is not None:
+        progress(0, total)
+    store_options.setdefault("auto_compact", False)
+    db = LogKV(dest_s, **store_options)
+    try:
+        for start in range(0, len(plain), BATCH):
+            batch = plain[start:start + BATCH]
+            db.mset(dict(batch))
+            done += len(batch)
+            if progress is not None:
+                progress(done, total)
+        for start in range(0, len(timed), BATCH):
+            batch3 = timed[start:start + BATCH]
+            # Absolute expiry times, kept exactly: LogKV's public calls take a
+            # relative ttl, so this uses its batch writer (one record per batch).
+            with db.transaction():
+                for key, value, exp in batch3:
+                    db._set_many([(key, value)], exp)
+            done += len(batch3)
+            if progress is not None:
+                progress(done, total)
+    finally:
+        db.close()  # flushes and compacts: dest alone then holds everything
+    return done
+
+
+def export_file(path: str | os.PathLike[str], out: str | os.PathLike[str] | IO[bytes], *,
+                progress: Progress | None = None, **store_options: Any) -> int:
+    """Write the live state of the store at ``path`` as one plain JSON object
+    (``{key: value}``; expiry times are not kept, expired keys are left out)
+    to ``out``: a file name (written atomically: temp file, fsync, rename,
+    folder fsync) or a binary file object. Returns the number of keys.
+    ``progress(done, total)`` is called as keys are encoded."""
+    path = os.fspath(path)
+    if not os.path.exists(path) and not os.path.exists(path + ".wal"):
+        raise FileNotFoundError(f"export: no store at {path}")
+    store_options.setdefault("read_only", True)
+    db = LogKV(path, **store_options)
+    try:
+        data = db.copy()
+    finally:
+        db.close()
+    total = len(data)
+    codec = ValueCodec()
+    parts: list[bytes] = [b"{"]
+    step = max(1, min(BATCH, total // 100 or 1))
+    if progress is not None:
+        progress(0, total)
+    for i, (key, value) in enumerate(data.items(), 1):
+        if i > 1:
+            parts.append(b",")
+        parts.append(orjson.dumps(key))
+        parts.append(b":")
+        parts.append(codec.encode(value)[0])  # exact for integers beyond 64 bits
+        if progress is not None and (i % step == 0 or i == total):
+            progress(i, total)
+    parts.append(b"}")
+    payload = b"".join(parts)
+    if hasattr(out, "write"):
+        out.write(payload)  # type: ignore[union-attr]
+        return total
+    out_s = os.fspath(out)  # type: ignore[arg-type]
+    fs = DEFAULT_FS
+    tmp = write_snapshot(fs, out_s, payload)  # temp file beside out, fsynced
+    try:
+        fs.replace(tmp, out_s)
+    except BaseException:
+        try:
+            fs.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fs.fsync_dir(os.path.dirname(os.path.abspath(out_s)))
+    return total
