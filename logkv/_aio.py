@@ -75,10 +75,10 @@ class _Core:
         return asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     async def open(self) -> LogKV:
-        if self.kv is not None:
-            return self.kv
         if self.closed:
             raise ClosedError("the store is closed")
+        if self.kv is not None:
+            return self.kv
         if self.opening is None:
             loop = asyncio.get_running_loop()
             if self.executor is None:
@@ -249,6 +249,9 @@ class _AsyncAPI:
         if default is _NO_DEFAULT:
             return await self._w("pop", key)
         return await self._w("pop", key, default)
+
+    async def popitem(self) -> tuple[str, Any]:
+        return await self._w("popitem")
 
     async def setdefault(self, key: Any, default: Any = None) -> Any:
         return await self._w("setdefault", key, default)

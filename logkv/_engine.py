@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from contextlib import contextmanager
 from fcntl import LOCK_EX, LOCK_NB, LOCK_UN, flock
 from typing import Any, Callable, Iterator
@@ -62,6 +63,23 @@ def _merge(staged: dict[str, Entry], key: str, entry: Entry) -> None:
             staged[key] = ("s", prev[1], prev[2], prev[3], entry[1])
             return
     staged[key] = entry
+
+
+# A forked child shares its parent's lock descriptors: flock would then let
+# both "hold" the lock at once. Store objects must not cross a fork.
+_OPEN_ENGINES: "weakref.WeakSet[Engine]" = weakref.WeakSet()
+_FORKED = ("this store was opened in the parent of a fork(); open the store again in the child "
+           "process (its locks belong to the parent)")
+
+
+def _mark_forked() -> None:
+    for engine in list(_OPEN_ENGINES):
+        engine._forked = True
+        engine._fast = False
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_mark_forked)
 
 
 class _Overlay:
@@ -157,6 +175,8 @@ class Engine:
         # True while the one-record fast path may run (autosave, writable,
         # open, not poisoned); anything else takes the general path.
         self._fast = autosave and not read_only
+        self._forked = False
+        _OPEN_ENGINES.add(self)
 
         self.log: LogFile | None = None
         self._retired: list[LogFile] = []
@@ -392,10 +412,16 @@ class Engine:
             self.log_gen = words[W_GEN]
 
     def _retire_log(self) -> None:
-        # Another thread may be inside fdatasync on it: close it later.
+        # Another thread may be inside fdatasync on the old log: close retired
+        # logs only while no sync is running (or at close).
         if self.log is not None:
             self._retired.append(self.log)
             self.log = None
+        with self._sync_cv:
+            if not self._syncing:
+                for old in self._retired:
+                    old.close()
+                self._retired = []
 
     def _set_compact_threshold(self) -> None:
         if not self.auto_compact:
@@ -499,6 +525,8 @@ class Engine:
                 raise ClosedError("the store is closed")
             if self._depth:
                 return  # we hold the write lock: nobody else can have written
+            if self._forked:
+                raise LogKVError(_FORKED)
             self.coord.lock()
             try:
                 self._catch_up_locked()
@@ -596,6 +624,8 @@ class Engine:
         try:
             if self._closed:
                 raise ClosedError("the store is closed")
+            if self._forked:
+                raise LogKVError(_FORKED)
             if self.read_only:
                 raise ReadOnlyError(f"{self.path} was opened read-only")
             self.coord.lock()
@@ -1017,12 +1047,19 @@ class Engine:
                 log.warning("%s: automatic compaction failed (exit %s)", self.path, child.returncode)
         from ._compact import spawn_compaction_child
 
-        self._compact_at = float("inf")  # until the child's rotation is seen
+        # Until the child's rotation is seen; if it fails (or another process
+        # was compacting), try again after the log has grown by as much again.
+        self._compact_at = self.log_end + self.auto_compact_min_size
         self._compactor = spawn_compaction_child(self.path, create_backup=self.create_backup,
                                                  indent=self.indent, sort_keys=self.sort_keys)
 
     def close(self) -> None:
         if self._closed:
+            return
+        if self._forked:  # the parent owns the files' state: just let go
+            with self.lock:
+                self._closed = True
+                self._release_files()
             return
         error: BaseException | None = None
         if not self.read_only:

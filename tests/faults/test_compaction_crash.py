@@ -233,6 +233,7 @@ import json, os, signal, sys
 from logkv import LogKV
 
 path, target, when, names, hooked_round = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4].split(","), int(sys.argv[5])
+wait_before = sys.argv[6] == "wait"
 _write = os.write
 
 def out(s):
@@ -274,6 +275,9 @@ for rnd in range(2):
         db.set("r0_k0", "overwritten")
         del db["r0_k1"]
     out("S " + json.dumps(dict(db.items())))
+    if rnd == hooked_round and wait_before:
+        out("WAIT")  # the parent lets its own store catch up first
+        sys.stdin.readline()
     out("C")
     st["active"] = (rnd == hooked_round)
     db.compact()
@@ -287,17 +291,35 @@ STEP_CALLS = ["fsync", "fdatasync", "link", "rename", "replace", "unlink", "writ
 ALL_CALLS = STEP_CALLS + ["open", "pwrite", "ftruncate", "truncate"]
 
 
-def _hooked_run(tmp_path: Path, store: Path, target: int, when: str, names: list[str], rnd: int):
+def _hooked_run(tmp_path: Path, store: Path, target: int, when: str, names: list[str], rnd: int,
+                on_wait=None):
+    """Run the hooked child; ``on_wait()`` runs in this process just before the
+    child starts its hooked compaction."""
     script = tmp_path / "hooked.py"
     if not script.exists():
         script.write_text(HOOKED)
-    res = subprocess.run([sys.executable, str(script), str(store), str(target), when, ",".join(names), str(rnd)],
-                         capture_output=True, env=_env(), timeout=120)
-    lines = res.stdout.decode().splitlines()
-    return res.returncode, lines, res.stderr.decode()
+    args = [sys.executable, str(script), str(store), str(target), when, ",".join(names), str(rnd),
+            "wait" if on_wait else "go"]
+    errfile = tmp_path / "hooked-stderr.txt"
+    with open(errfile, "wb") as err:
+        proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, env=_env())
+        lines = []
+        for raw in proc.stdout:
+            line = raw.decode().rstrip("\n")
+            lines.append(line)
+            if line == "WAIT":
+                on_wait()
+                proc.stdin.write(b"go\n")
+                proc.stdin.flush()
+        proc.wait(120)
+    return proc.returncode, lines, errfile.read_text()
 
 
-def _syscall_kills(tmp_path: Path, names: list[str], rounds: list[int]) -> None:
+def _syscall_kills(tmp_path: Path, names: list[str], rounds: list[int], *,
+                   survivor: bool = False, whens: tuple[str, ...] = ("before", "after")) -> None:
+    """``survivor``: the test process keeps the store open for writing while
+    the child compacts and dies; it then writes on, and its writes must last
+    (it must notice a rotation the dead compactor finished, or not finished)."""
     failures = []
     for rnd in rounds:
         probe = tmp_path / f"probe{rnd}"
@@ -309,18 +331,37 @@ def _syscall_kills(tmp_path: Path, names: list[str], rounds: list[int]) -> None:
             pytest.skip("compact() made none of the wrapped calls in this process "
                         "(compaction runs elsewhere); the random-kill test covers it")
         for k in range(1, len(calls) + 1):
-            for when in ("before", "after"):
+            for when in whens:
                 d = tmp_path / f"r{rnd}-{k}-{when}"
                 d.mkdir()
                 store = d / "db.json"
-                rc, lines, err = _hooked_run(tmp_path, store, k, when, names, rnd)
-                tag = f"round {rnd}, killed {when} call #{k} ({calls[k - 1]}) of {calls}"
+                live = LogKV(str(store), durability="os", compact_on_close=False) if survivor else None
+                try:
+                    rc, lines, err = _hooked_run(
+                        tmp_path, store, k, when, names, rnd,
+                        on_wait=(lambda: len(live)) if live is not None else None)
+                    tag = f"round {rnd}, killed {when} call #{k} ({calls[k - 1]}) of {calls}"
+                    if live is not None and rc == -signal.SIGKILL:
+                        try:
+                            for j in range(5):
+                                live.set(f"survivor{j}", j)
+                            live.incr("counter", 1000)
+                            live.flush()
+                        except Exception as exc:  # noqa: BLE001
+                            failures.append(f"{tag}: the surviving writer failed: {type(exc).__name__}: {exc}")
+                            continue
+                finally:
+                    if live is not None:
+                        live.close()
                 if rc != -signal.SIGKILL:
                     failures.append(f"{tag}: child exited {rc} instead of dying: {err[-1500:]}")
                     continue
                 states = [json.loads(x[2:]) for x in lines if x.startswith("S ")]
                 assert lines[-1] == "C" and len(states) == rnd + 1, (tag, lines[-3:])
                 expected = states[-1]
+                if survivor:
+                    expected = {**expected, **{f"survivor{j}": j for j in range(5)},
+                                "counter": expected["counter"] + 1000}
                 try:
                     with LogKV(str(store), compact_on_close=False) as db:
                         got = dict(db.items())
@@ -356,6 +397,18 @@ def test_kill_at_each_compaction_step(tmp_path):
 @pytest.mark.slow
 def test_kill_at_every_compaction_syscall(tmp_path):
     _syscall_kills(tmp_path, ALL_CALLS, rounds=[0, 1])
+
+
+def test_compactor_dies_while_another_process_writes(tmp_path):
+    """The compacting process dies after each of its steps while this process
+    has the store open; this process's later writes must not go to a log file
+    that was replaced behind its back, nor be lost at the next open."""
+    _syscall_kills(tmp_path, STEP_CALLS, rounds=[0, 1], survivor=True, whens=("after",))
+
+
+@pytest.mark.slow
+def test_compactor_dies_while_another_process_writes_every_syscall(tmp_path):
+    _syscall_kills(tmp_path, ALL_CALLS, rounds=[0, 1], survivor=True)
 
 
 # =========================================================================== windows built by hand
