@@ -20,7 +20,8 @@ from typing import Callable
 
 from ._errors import LogKVError
 from ._fs import DEFAULT_FS, FileSystem
-from ._lock import W_COMPACTIONS, W_END, W_GEN, W_LAST_COMPACTION_MS, W_SNAPSHOT_SIZE
+from ._lock import (W_COMPACTIONS, W_END, W_GEN, W_LAST_COMPACTION_MS, W_SNAPSHOT_SIZE,
+                    W_WRITER)
 from ._record import ValueCodec, build_header
 from ._snapshot import encode_snapshot, install_snapshot, remove_stale_temps, write_snapshot
 
@@ -94,14 +95,19 @@ def compact_store(path: str, *, create_backup: bool = True, indent: int | None =
                     fs.fsync(fd)
                 finally:
                     fs.close(fd)
+                words = raw._words
+                # Marked, so that if this process dies between the rename and
+                # the publication below, the next lock holder notices the new
+                # log (Engine._repair_after_dead_writer).
+                words[W_WRITER] = os.getpid()
                 fs.replace(new_log, path + ".wal")
                 fs.fsync_dir(raw.folder)
-                words = raw._words
                 words[W_END] = len(head) + len(tail)
                 words[W_GEN] = words[W_GEN] + 1
                 words[W_COMPACTIONS] = words[W_COMPACTIONS] + 1
                 words[W_LAST_COMPACTION_MS] = int(time.time() * 1000)
                 words[W_SNAPSHOT_SIZE] = len(payload)
+                words[W_WRITER] = 0
                 log_after = len(head) + len(tail)
             finally:
                 coord.unlock()

@@ -38,11 +38,11 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     """``"sqlite"``, ``"logkv"`` (a store with its log beside it), ``"aiodict"``,
     ``"json"`` (a plain object) or ``"empty"``."""
     path = os.fspath(path)
+    if os.path.exists(path + ".wal"):
+        return "logkv"
     raw = _read(path)
     if raw.startswith(SQLITE_MAGIC):
         return "sqlite"
-    if os.path.exists(path + ".wal"):
-        return "logkv"
     if not raw.strip():
         return "empty"
     snap = parse_snapshot(raw, path)  # raises CorruptionError when not a JSON object
@@ -77,17 +77,18 @@ def _read_sqlite(path: str, table: str) -> dict[str, Any]:
 
 
 def _load_source(src: str, table: str) -> tuple[dict[str, Any], dict[str, float]]:
-    with open(src, "rb") as f:
-        head = f.read(len(SQLITE_MAGIC))
-    if head == SQLITE_MAGIC:
-        return _read_sqlite(src, table), {}
     if os.path.exists(src + ".wal"):
-        # A logkv store: its log may hold changes the snapshot does not.
+        # A logkv store: its log may hold changes the snapshot does not (and
+        # the snapshot may not exist yet).
         db = LogKV(src, read_only=True)
         try:
             return db._e.live_items()
         finally:
             db.close()
+    with open(src, "rb") as f:
+        head = f.read(len(SQLITE_MAGIC))
+    if head == SQLITE_MAGIC:
+        return _read_sqlite(src, table), {}
     # The snapshot reader: aiodict's format or a plain object, integers of any
     # size kept exact, NaN/Infinity refused with the key named.
     snap = parse_snapshot(_read(src), src)

@@ -25,7 +25,8 @@ from ._lock import (MAGIC, W_COMPACTIONS, W_END, W_GEN, W_LAST_COMPACTION_MS, W_
                     W_SNAPSHOT_SIZE, W_WRITER, Coordinator)
 from ._log import (LogFile, LogHeader, decode_records, locate_record, parse_header,
                    replay_start)
-from ._record import (OP_CLEAR, RecordError, ValueCodec, build_header, build_line, op_delete,
+from ._record import (OP_CLEAR, RecordError, ValueCodec, build_header, build_line,
+                      build_set_line, op_delete,
                       op_expire, op_set, validate_op)
 from ._snapshot import Snapshot, load_snapshot
 
@@ -244,7 +245,9 @@ class Engine:
     def _load_files(self, *, rebuild: bool) -> None:
         words = self._words
         writable = not self.read_only
-        if writable and words[W_MAGIC] != MAGIC:
+        if writable and (words[W_MAGIC] != MAGIC or words[W_WRITER]):
+            # Not initialised, or a writer or compactor died mid-step: the
+            # files are the truth (we hold the write lock).
             rebuild = True
         snap = load_snapshot(self.fs, self.path)
         self.data, self.exp = snap.data, snap.expiries
@@ -536,10 +539,7 @@ class Engine:
     def _catch_up_locked(self) -> None:
         words = self._words
         if not self.read_only and words[W_WRITER]:
-            # The last writer died inside its append: cut its partial bytes.
-            if self.log is not None:
-                self.log.truncate(words[W_END])
-            words[W_WRITER] = 0
+            self._repair_after_dead_writer()
         if words[W_GEN] != self.log_gen:
             self._follow_rotation()
             return
@@ -550,6 +550,21 @@ class Engine:
         buf = self.log.read(self.log_end, end)
         self._apply_tail(buf, self.log_end)
         self._shm_seen = words[W_SEQ]
+
+    def _repair_after_dead_writer(self) -> None:
+        """The process that held the write lock died inside a step that it
+        marks in the shared page (design §7). Caller holds the write lock."""
+        words = self._words
+        st = self.fs.stat(self.wal_path)
+        if self.log is not None and st is not None and (st.st_dev, st.st_ino) != self.log.inode():
+            # A compactor renamed its new log in and died before publishing
+            # it: publish it now (it was complete and synced before the rename).
+            words[W_END] = st.st_size
+            words[W_GEN] = words[W_GEN] + 1
+        elif self.log is not None:
+            # A writer died inside its append: cut its partial bytes.
+            self.log.truncate(words[W_END])
+        words[W_WRITER] = 0
 
     def _apply_tail(self, buf: bytes, base_offset: int) -> None:
         """Apply whole records in ``buf`` (log bytes from ``base_offset``)."""
@@ -732,8 +747,10 @@ class Engine:
             raise
 
     def _write_entry_locked(self, key: str, entry: Entry) -> int:
-        self._append(build_line(self.seq + 1, [_op_bytes(key, entry)],
-                                entry[0] == "s" and entry[3]))
+        if entry[0] == "s":
+            self._append(build_set_line(self.seq + 1, key, entry[2], entry[4], entry[3]))
+        else:
+            self._append(build_line(self.seq + 1, [_op_bytes(key, entry)]))
         data, exp = self.data, self.exp
         self._wgen += 1
         try:
