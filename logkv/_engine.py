@@ -914,6 +914,38 @@ class Engine:
             return MISSING
         return (v, x)
 
+    def lookup_many(self, keys: list[str]) -> list[Any]:
+        """``lookup`` of several keys, all from one consistent state."""
+        if self._tx is not None and self._tx_owner == threading.get_ident():
+            return [self.lookup(k) for k in keys]
+        self.check()
+        while True:
+            g = self._wgen
+            data, exp = self.data, self.exp
+            found = [(data.get(k, _ABSENT), exp.get(k)) for k in keys]
+            if not (g & 1) and g == self._wgen:
+                break
+            with self.lock:
+                pass
+        now = time.time()
+        return [MISSING if v is _ABSENT or (x is not None and x <= now) else (v, x)
+                for v, x in found]
+
+    def count(self) -> int:
+        """How many live keys (without copying the store)."""
+        if self._tx is not None and self._tx_owner == threading.get_ident():
+            return len(self.live_items()[0])
+        self.check()
+        while True:
+            g = self._wgen
+            n = len(self.data)
+            now = time.time()
+            dead = sum(1 for x in list(self.exp.values()) if x <= now)
+            if not (g & 1) and g == self._wgen:
+                return n - dead
+            with self.lock:
+                pass
+
     def live_items(self) -> tuple[dict[str, Any], dict[str, float]]:
         """A consistent copy of the live data and expiries (never half a batch)."""
         self.check()

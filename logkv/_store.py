@@ -89,9 +89,9 @@ class _API(MutableMapping[str, Any]):
         return iter(self.keys())
 
     def __len__(self) -> int:
-        data, _exp = self._e.live_items()
         if not self._prefix:
-            return len(data)
+            return self._e.count()
+        data, _exp = self._e.live_items()
         return sum(1 for _ in self._own(data))
 
     # ------------------------------------------------------------ core calls
@@ -167,18 +167,8 @@ class _API(MutableMapping[str, Any]):
         self._set_many(list(mapping.items()), exp)
 
     def mget(self, keys: Iterable[Any], default: Any = None) -> list[Any]:
-        e = self._e
-        e.check()
-        fulls = [self._key(k) for k in keys]
-        data, _exp = e.live_items() if len(fulls) > 64 else (None, None)
-        if data is not None:
-            return [data.get(k, default) for k in fulls]
-        with e.lock:  # a handful of keys: one consistent read under the lock
-            out = []
-            for k in fulls:
-                r = e.lookup(k)
-                out.append(default if r is MISSING else r[0])
-            return out
+        found = self._e.lookup_many([self._key(k) for k in keys])
+        return [default if r is MISSING else r[0] for r in found]
 
     def clear(self) -> None:  # type: ignore[override]
         e = self._e
