@@ -16,7 +16,7 @@ import time
 import weakref
 from contextlib import contextmanager
 from fcntl import LOCK_EX, LOCK_NB, LOCK_UN, flock
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from ._errors import (ClosedError, CorruptionError, LogKVError, LogMismatchError, ReadOnlyError,
                       StorageError)
@@ -472,7 +472,7 @@ class Engine:
                 if pending:
                     self._reapply_pending()
 
-    def _apply_entries(self, items: Iterator[tuple[str, Entry]] | list, clear: bool) -> None:
+    def _apply_entries(self, items: Iterable[tuple[str, Entry]], clear: bool) -> None:
         """Apply staged entries to memory. Caller holds self.lock."""
         data, exp = self.data, self.exp
         self._wgen += 1
@@ -485,7 +485,8 @@ class Engine:
                 if kind == "s":
                     data[key] = entry[1]
                     if entry[4] is None:
-                        exp.pop(key, None)
+                        if exp:
+                            exp.pop(key, None)
                     else:
                         exp[key] = entry[4]
                 elif kind == "d":
@@ -751,27 +752,7 @@ class Engine:
             self._append(build_set_line(self.seq + 1, key, entry[2], entry[4], entry[3]))
         else:
             self._append(build_line(self.seq + 1, [_op_bytes(key, entry)]))
-        data, exp = self.data, self.exp
-        self._wgen += 1
-        try:
-            kind = entry[0]
-            if kind == "s":
-                data[key] = entry[1]
-                if entry[4] is None:
-                    if exp:
-                        exp.pop(key, None)
-                else:
-                    exp[key] = entry[4]
-            elif kind == "d":
-                data.pop(key, None)
-                exp.pop(key, None)
-            elif key in data:
-                if entry[1] is None:
-                    exp.pop(key, None)
-                else:
-                    exp[key] = entry[1]
-        finally:
-            self._wgen += 1
+        self._apply_entries(((key, entry),), False)
         return self._tickets
 
     def _stage_many(self, items: list[tuple[str, Entry]]) -> int:
