@@ -5,11 +5,14 @@ compactor folds the log into a single JSON snapshot in aiodict's format.
 """
 from ._errors import (ClosedError, CorruptionError, LockTimeout, LogKVError, LogMismatchError,
                       ReadOnlyError, StorageError)
+from ._aio import AsyncLogKV, AsyncNamespaceView
 from ._store import LogKV, NamespaceView
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncLogKV",
+    "AsyncNamespaceView",
     "ClosedError",
     "CorruptionError",
     "LockTimeout",

@@ -6,10 +6,12 @@ runs:
 
 * Every store has ONE worker thread (a single-thread executor). Calls that may
   block run there: opening, ``flush``, ``close``, ``compact``, ``reload``,
-  every mutation (in ``"always"`` mode it waits for an fsync; in every mode it
-  may wait for another process's write lock) and everything inside a
-  transaction. The worker is FIFO, so one task's calls take effect in the
-  order it made them.
+  every mutation (it may wait for another process's write lock) and
+  everything inside a transaction. The worker is FIFO.
+* With ``durability="always"`` a mutation outside a transaction waits for an
+  fsync; those run in a small pool of commit threads instead, so that the
+  engine's group commit shares one fsync among concurrent tasks (one worker
+  would fsync once per write: 16 tasks got 4-8x less throughput).
 * Reads (``get``, ``getitem``, ``exists``, ``ttl``, ``mget``, ``keys``, ...)
   run inline on the event loop: they are dictionary lookups. When the shared
   page says another process has written since this one last looked, the
@@ -37,7 +39,7 @@ from functools import partial
 from typing import Any, AsyncIterator, Callable, Iterable, Mapping
 
 from ._errors import ClosedError
-from ._store import _W_GEN, _W_SEQ, LogKV, _API
+from ._store import LogKV, _API
 
 __all__ = ["AsyncLogKV", "AsyncNamespaceView"]
 
@@ -46,6 +48,9 @@ _TX: contextvars.ContextVar[tuple[object, ...]] = contextvars.ContextVar(
     "logkv_async_transactions", default=())
 
 _LOGKV_SIGNATURE = inspect.signature(LogKV)
+# Threads that may wait for an fsync at once (durability="always"): enough for
+# the engine's group commit to share one fsync among several tasks' writes.
+COMMIT_THREADS = 8
 _NO_DEFAULT: Any = object()
 
 
@@ -53,14 +58,16 @@ class _Core:
     """What an AsyncLogKV and all its views share: the sync store, its worker
     thread, and the transaction gate."""
 
-    __slots__ = ("path", "kwargs", "kv", "executor", "opening", "closed", "tx_token",
-                 "tx_waiters")
+    __slots__ = ("path", "kwargs", "kv", "executor", "commit_pool", "always", "opening",
+                 "closed", "tx_token", "tx_waiters")
 
     def __init__(self, path: str, kwargs: dict[str, Any]) -> None:
         self.path = path
         self.kwargs = kwargs
         self.kv: LogKV | None = None
         self.executor: ThreadPoolExecutor | None = None
+        self.commit_pool: ThreadPoolExecutor | None = None
+        self.always = kwargs.get("durability") == "always"
         self.opening: asyncio.Future[Any] | None = None
         self.closed = False
         self.tx_token: object | None = None
@@ -73,6 +80,18 @@ class _Core:
             raise ClosedError("the store is closed")
         assert self.executor is not None
         return asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    def run_commit(self, fn: Callable[..., Any], *args: Any) -> "asyncio.Future[Any]":
+        """Run a mutation that waits for an fsync in the commit pool: several
+        threads, so concurrent tasks share fsyncs. These calls need not run on
+        the worker: outside a transaction the engine orders them itself."""
+        if self.closed:
+            raise ClosedError("the store is closed")
+        pool = self.commit_pool
+        if pool is None:
+            pool = self.commit_pool = ThreadPoolExecutor(
+                max_workers=COMMIT_THREADS, thread_name_prefix="logkv-aio-commit")
+        return asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
     async def open(self) -> LogKV:
         if self.closed:
@@ -93,6 +112,7 @@ class _Core:
             if opening.done() and (opening.cancelled() or opening.exception() is not None):
                 self.opening = None  # a failed open may be retried
             raise
+        kv._e.compact_in_child = True  # never hold the loop's GIL for a compaction
         self.kv = kv
         return kv
 
@@ -116,6 +136,8 @@ class _Core:
             self.closed = True
             if self.executor is not None:
                 self.executor.shutdown(wait=False)
+            if self.commit_pool is not None:
+                self.commit_pool.shutdown(wait=False)
 
     # ------------------------------------------------------- transaction gate
     def owns_tx(self) -> bool:
@@ -145,9 +167,7 @@ class _Core:
 def _behind(kv: LogKV) -> bool:
     """True when another process has written (or compacted) since this store
     last looked: the next read would catch up, which may read files."""
-    e = kv._e
-    w = e._words
-    return w[_W_SEQ] != e._shm_seen or w[_W_GEN] != e.log_gen
+    return kv._e.behind()
 
 
 class _AsyncAPI:
@@ -174,7 +194,7 @@ class _AsyncAPI:
                 await core.wait_turn()
         return s
 
-    async def _w(self, name: str, *args: Any, **kwargs: Any) -> Any:
+    async def _w(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
         """Call the sync method ``name`` in the worker thread."""
         s = self._s
         core = self._core
@@ -185,22 +205,44 @@ class _AsyncAPI:
             fn = partial(fn, **kwargs)
         return await core.run(fn, *args)
 
-    async def _r(self, name: str, *args: Any) -> Any:
-        """Call the sync read ``name`` inline, unless it could block: then
-        (store not open, inside a transaction, another process's records to
-        read) do what is needed in the worker first."""
+    async def _m(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
+        """A mutation: in the worker thread, or -- with durability="always",
+        outside a transaction -- in the store's commit pool, so that the
+        fsyncs of concurrent tasks are shared (group commit)."""
         s = self._s
         core = self._core
         if s is None or core.tx_token is not None:
             s = await self._sync()
-            if core.owns_tx():  # reads inside the block see its writes: its thread
-                return await core.run(getattr(s, name), *args)
-        assert core.kv is not None
-        if _behind(core.kv):
-            if core.closed:
-                raise ClosedError("the store is closed")
-            await core.run(core.kv._e.catch_up)
-        return getattr(s, name)(*args)
+            if core.owns_tx():
+                return await self._w(name, *args, **kwargs)
+        fn = getattr(s, name)
+        if kwargs:
+            fn = partial(fn, **kwargs)
+        if core.always:
+            return await core.run_commit(fn, *args)
+        return await core.run(fn, *args)
+
+    async def _r(self, name: str, /, *args: Any) -> Any:
+        """Call the sync read ``name`` inline, unless it could block: then
+        (store not open, inside a transaction, another process's records to
+        read) do what is needed in the worker first."""
+        core = self._core
+        while True:
+            s = self._s
+            if s is None or core.tx_token is not None:
+                s = await self._sync()
+                if core.owns_tx():  # reads inside the block see its writes: its thread
+                    return await core.run(getattr(s, name), *args)
+            kv = core.kv
+            assert kv is not None
+            if _behind(kv):
+                if core.closed:
+                    raise ClosedError("the store is closed")
+                await core.run(kv._e.catch_up)
+                continue  # something may have changed while we waited: look again
+            # No await between the checks above and this call: no transaction
+            # is open and nothing is left to read from the files.
+            return getattr(s, name)(*args)
 
     @property
     def sync(self) -> _API | None:
@@ -215,11 +257,11 @@ class _AsyncAPI:
 
     async def setitem(self, key: Any, value: Any) -> None:
         """``store[key] = value``."""
-        return await self._w("__setitem__", key, value)
+        return await self._m("__setitem__", key, value)
 
     async def delitem(self, key: Any) -> None:
         """``del store[key]``: KeyError when missing."""
-        return await self._w("__delitem__", key)
+        return await self._m("__delitem__", key)
 
     async def contains(self, key: Any) -> bool:
         """``key in store``."""
@@ -236,7 +278,7 @@ class _AsyncAPI:
 
     # ------------------------------------------------------------ core calls
     async def set(self, key: Any, value: Any, *, ttl: float | None = None) -> None:
-        return await self._w("set", key, value, ttl=ttl)
+        return await self._m("set", key, value, ttl=ttl)
 
     async def get(self, key: Any, default: Any = None) -> Any:
         s = self._s
@@ -247,26 +289,26 @@ class _AsyncAPI:
 
     async def pop(self, key: Any, default: Any = _NO_DEFAULT) -> Any:
         if default is _NO_DEFAULT:
-            return await self._w("pop", key)
-        return await self._w("pop", key, default)
+            return await self._m("pop", key)
+        return await self._m("pop", key, default)
 
     async def popitem(self) -> tuple[str, Any]:
-        return await self._w("popitem")
+        return await self._m("popitem")
 
     async def setdefault(self, key: Any, default: Any = None) -> Any:
-        return await self._w("setdefault", key, default)
+        return await self._m("setdefault", key, default)
 
     async def update(self, other: Any = (), /, **kwargs: Any) -> None:
-        return await self._w("update", other, **kwargs)
+        return await self._m("update", other, **kwargs)
 
     async def mset(self, mapping: Mapping[Any, Any], *, ttl: float | None = None) -> None:
-        return await self._w("mset", mapping, ttl=ttl)
+        return await self._m("mset", mapping, ttl=ttl)
 
     async def mget(self, keys: Iterable[Any], default: Any = None) -> list[Any]:
         return await self._r("mget", list(keys), default)
 
     async def clear(self) -> None:
-        return await self._w("clear")
+        return await self._m("clear")
 
     async def exists(self, key: Any) -> bool:
         return await self._r("exists", key)
@@ -286,34 +328,34 @@ class _AsyncAPI:
     # ------------------------------------------------------ numeric and lists
     async def incr(self, key: Any, amount: int | float = 1, *,
                    ttl: float | None = None) -> int | float:
-        return await self._w("incr", key, amount, ttl=ttl)
+        return await self._m("incr", key, amount, ttl=ttl)
 
     async def append(self, key: Any, value: Any, *, unique: bool = False,
                      ttl: float | None = None) -> list[Any]:
-        return await self._w("append", key, value, unique=unique, ttl=ttl)
+        return await self._m("append", key, value, unique=unique, ttl=ttl)
 
     async def extend(self, key: Any, values: Iterable[Any], *, unique: bool = False,
                      ttl: float | None = None) -> list[Any]:
-        return await self._w("extend", key, list(values), unique=unique, ttl=ttl)
+        return await self._m("extend", key, list(values), unique=unique, ttl=ttl)
 
     async def remove(self, key: Any, value: Any, *, all_occurrences: bool = False) -> list[Any]:
-        return await self._w("remove", key, value, all_occurrences=all_occurrences)
+        return await self._m("remove", key, value, all_occurrences=all_occurrences)
 
     # ------------------------------------------------------------------ TTL
     async def expire(self, key: Any, ttl: float) -> None:
-        return await self._w("expire", key, ttl)
+        return await self._m("expire", key, ttl)
 
     async def ttl(self, key: Any) -> float | None:
         return await self._r("ttl", key)
 
     async def persist(self, key: Any) -> None:
-        return await self._w("persist", key)
+        return await self._m("persist", key)
 
     async def touch(self, key: Any, ttl: float | None = None) -> None:
-        return await self._w("touch", key, ttl)
+        return await self._m("touch", key, ttl)
 
     async def cleanup_expired(self) -> int:
-        return await self._w("cleanup_expired")
+        return await self._m("cleanup_expired")
 
     # ------------------------------------------------------------ the store
     async def stats(self) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from ._errors import LogKVError
+from ._errors import LogKVError, StorageError
 from ._fs import DEFAULT_FS, FileSystem
 from ._lock import (W_COMPACTIONS, W_END, W_GEN, W_LAST_COMPACTION_MS, W_SNAPSHOT_SIZE,
                     W_WRITER)
@@ -44,7 +44,22 @@ def compact_store(path: str, *, create_backup: bool = True, indent: int | None =
                   wait: float | None = None, lock_timeout: float | None = 10.0,
                   progress: Callable[[str], None] | None = None) -> CompactResult | None:
     """Compact the store at ``path``; None if another compaction holds the lock
-    for longer than ``wait`` seconds (None: wait as long as it takes)."""
+    for longer than ``wait`` seconds (None: wait as long as it takes).
+
+    An I/O failure raises StorageError; the store is then as it was (the
+    steps of design §6 are each safe to stop after)."""
+    try:
+        return _compact(path, create_backup=create_backup, indent=indent, sort_keys=sort_keys,
+                        fs=fs, wait=wait, lock_timeout=lock_timeout, progress=progress)
+    except StorageError:
+        raise
+    except OSError as exc:
+        raise StorageError(f"{path}: compaction failed: {exc.strerror or exc}") from exc
+
+
+def _compact(path: str, *, create_backup: bool, indent: int | None, sort_keys: bool,
+             fs: FileSystem | None, wait: float | None, lock_timeout: float | None,
+             progress: Callable[[str], None] | None) -> CompactResult | None:
     from ._engine import Engine
 
     fs = fs or DEFAULT_FS

@@ -160,6 +160,9 @@ class Engine:
         self.auto_compact = auto_compact and not read_only
         self.auto_compact_min_size = auto_compact_min_size
         self.auto_compact_percentage = auto_compact_percentage
+        # Compact in a child process even when the store is small (an event
+        # loop cannot afford the in-process parse and dump; AsyncLogKV sets it).
+        self.compact_in_child = False
 
         self.data: dict[str, Any] = {}
         self.exp: dict[str, float] = {}
@@ -385,7 +388,7 @@ class Engine:
                             raise RecordError("malformed expiry")
                     else:
                         self._apply_disk_ops([op])
-        except (RecordError, TypeError, IndexError, AttributeError) as exc:
+        except (RecordError, TypeError, IndexError, AttributeError, KeyError, ValueError) as exc:
             off = locate_record(buf, start, max(index, 0), base_offset)
             raise CorruptionError(f"{self.wal_path}: damaged log record at byte offset {off}: "
                                   f"{exc}", path=self.wal_path, offset=off) from None
@@ -395,15 +398,25 @@ class Engine:
         """Create ``db.json.wal`` holding only a header, atomically and durably."""
         tmp = self.wal_path + ".tmp"
         header = build_header(base_seq, log_id, fingerprint)
-        fd = self.fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            self.fs.write(fd, header)
-            self.fs.fsync(fd)
-        finally:
-            self.fs.close(fd)
-        self.fs.replace(tmp, self.wal_path)
-        self.fs.fsync_dir(self.folder)
-        self.log = LogFile(self.fs, self.wal_path, writable=True)
+            fd = self.fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                self.fs.write(fd, header)
+                self.fs.fsync(fd)
+            finally:
+                self.fs.close(fd)
+            self.fs.replace(tmp, self.wal_path)
+            self.fs.fsync_dir(self.folder)
+            self.log = LogFile(self.fs, self.wal_path, writable=True)
+        except OSError as exc:
+            try:
+                self.fs.unlink(tmp)
+            except OSError:
+                pass
+            if isinstance(exc, StorageError):
+                raise
+            raise StorageError(f"{self.wal_path}: could not create the log: "
+                               f"{exc.strerror or exc}") from exc
         self.log_id = log_id
         self.log_end = len(header)
         self.wal_records = 0
@@ -517,6 +530,12 @@ class Engine:
         return len(dead)
 
     # ----------------------------------------------------------- catching up
+    def behind(self) -> bool:
+        """True when another process has written or compacted since this
+        store last looked (the next read would catch up, reading files)."""
+        w = self._words
+        return w[W_SEQ] != self._shm_seen or w[W_GEN] != self.log_gen
+
     def check(self) -> None:
         """Catch up if another process has written (the read path's check)."""
         w = self._words
@@ -1056,7 +1075,7 @@ class Engine:
         # Folds what is logged; manual-mode changes stay pending (they are
         # logged only by flush(), close() or the end of a transaction).
         size = (self.fs.stat(self.path) or _ZERO_STAT).st_size + self.log_end
-        if size > CHILD_COMPACTION_BYTES:
+        if self.compact_in_child or size > CHILD_COMPACTION_BYTES:
             done = run_compaction_child(self.path, create_backup=self.create_backup,
                                         indent=self.indent, sort_keys=self.sort_keys, wait=wait)
         else:
@@ -1109,7 +1128,9 @@ class Engine:
             if has_records or self.exp:
                 try:
                     self.compact(wait=None)
-                except LogKVError as exc:
+                except (LogKVError, OSError) as exc:
+                    # Everything is durable in the log already; the next
+                    # compaction folds it. Closing must still let go below.
                     log.warning("%s: compaction on close failed: %s", self.path, exc)
         with self.lock:
             self._closed = True

@@ -154,16 +154,19 @@ def decode_records(buf: bytes, start: int, prev_seq: int, path: str,
     if ok:
         for i, rec in enumerate(recs):
             if "j" in rec:  # holds integers beyond 64 bits: reparse exactly
-                recs[i] = json.loads(lines[i])
-            if type(recs[i].get("o")) is not list:
+                try:
+                    recs[i] = json.loads(lines[i])
+                except (ValueError, RecursionError):
+                    ok = False
+                    break
+            if type(recs[i]) is not dict or type(recs[i].get("o")) is not list:
                 ok = False
                 break
     if not ok:
-        # Walk line by line to find and name the damage (raises).
-        for _ in iter_records(buf, start, prev_seq, path, base_offset):
-            pass
-        raise CorruptionError(f"{path}: damaged log after offset {base_offset + start}",
-                              path=path, offset=base_offset + start)
+        # Line by line: names the damage (raises), or reads what the bulk
+        # parser could not (numbers beyond a double in an exact record).
+        recs = [{"s": seq, "o": ops}
+                for _off, _end, seq, ops in iter_records(buf, start, prev_seq, path, base_offset)]
     return recs, base_offset + last_nl + 1
 
 
@@ -226,3 +229,105 @@ class LogFile:
         if self.fd >= 0:
             fd, self.fd = self.fd, -1
             self.fs.close(fd)
+
+
+# ---------------------------------------------------------------------------- every line
+@dataclass
+class LogLine:
+    """One line of a log as :func:`walk_log` found it."""
+
+    offset: int
+    raw: bytes            # the line's bytes, newline included when it has one
+    seq: int | None = None
+    ops: list | None = None
+    problem: str | None = None  # None for a valid record
+    torn: bool = False          # bytes after the last newline (a torn tail)
+
+
+@dataclass
+class LogWalk:
+    """Every line of a log, each either valid or with its problem.
+
+    The header line, when it is whole and valid, is ``header`` and not one of
+    ``lines``; a damaged header is ``lines[0]`` (and ``header_problem``).
+    """
+
+    header: LogHeader | None = None  # None when missing or damaged
+    header_problem: str | None = None
+    lines: list[LogLine] = field(default_factory=list)
+    size: int = 0
+
+    @property
+    def valid(self) -> list[LogLine]:
+        """The valid records, in file order."""
+        return [ln for ln in self.lines if ln.problem is None]
+
+    @property
+    def damaged(self) -> list[LogLine]:
+        """Every line with a problem, the torn tail included."""
+        return [ln for ln in self.lines if ln.problem is not None]
+
+    @property
+    def torn(self) -> LogLine | None:
+        """The torn tail (bytes after the last newline), if there is one."""
+        if self.lines and self.lines[-1].torn:
+            return self.lines[-1]
+        return None
+
+
+def walk_log(buf: bytes, wal_path: str) -> LogWalk:
+    """Check every line of the log: prefix, checksum, parse, operations and
+    sequence continuity, continuing after a damaged line (unlike
+    :func:`iter_records`, which stops at the first). After a damaged line any
+    higher sequence is accepted (the damaged line may have held the numbers in
+    between); a sequence that goes back is damage.
+    """
+    walk = LogWalk(size=len(buf))
+    if not buf:
+        return walk
+    pos = 0
+    prev: int | None = None
+    try:
+        walk.header = parse_header(buf, wal_path)
+        prev = walk.header.base_seq
+        pos = walk.header.end
+    except CorruptionError as exc:
+        nl = buf.find(b"\n")
+        if nl < 0:
+            walk.lines.append(LogLine(0, buf, problem="torn tail", torn=True))
+            return walk
+        walk.header_problem = str(exc).split(": ", 1)[-1]
+        walk.lines.append(LogLine(0, buf[:nl + 1], problem=walk.header_problem))
+        pos = nl + 1
+    gap_ok = False  # after a damaged line: any higher sequence is accepted
+    while pos < len(buf):
+        nl = buf.find(b"\n", pos)
+        if nl < 0:
+            walk.lines.append(LogLine(pos, buf[pos:], problem="torn tail", torn=True))
+            break
+        line = LogLine(pos, buf[pos:nl + 1])
+        pos = nl + 1
+        try:
+            rec = parse_line(line.raw[:-1])
+            ops = rec.get("o")
+            if ops is None:
+                raise RecordError("a header in the middle of the log")
+            for op in ops:
+                validate_op(op)
+            seq = rec["s"]
+            if prev is not None:
+                if gap_ok:
+                    if seq <= prev:
+                        raise RecordError(f"sequence {seq} does not follow {prev}")
+                elif seq != prev + 1:
+                    raise RecordError(f"sequence {seq} does not follow {prev}")
+        except RecordError as exc:
+            line.problem = str(exc)
+            walk.lines.append(line)
+            gap_ok = True
+            continue
+        line.seq, line.ops = seq, ops
+        walk.lines.append(line)
+        prev = seq
+        gap_ok = False
+    return walk

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import enum
 import json
 import math
 from pathlib import PurePath
@@ -41,12 +42,53 @@ class RecordError(Exception):
 
 
 def builtin_default(value: Any) -> Any:
-    """What aiodict converts without a serializer, beyond what orjson does itself."""
-    if isinstance(value, (set, frozenset)):
+    """What aiodict (stdlib json) converts without a serializer, beyond what
+    orjson does itself: sets, paths, and subclasses of float and tuple
+    (namedtuples), which stdlib json writes as their base type."""
+    if isinstance(value, (set, frozenset, tuple)):
         return list(value)
+    if isinstance(value, float):
+        return float(value)
     if isinstance(value, PurePath):
         return str(value)
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+_PLAIN = frozenset((str, int, float, bool, type(None)))
+
+
+def _find_enum(value: Any, depth: int = 0) -> Any:
+    """The first Enum member inside ``value`` (orjson encodes enums itself,
+    bypassing both the serializer and the no-serializer rules), or None."""
+    t = type(value)
+    if t in _PLAIN or depth > 100:
+        return None
+    if t is dict:
+        for item in value.values():
+            if type(item) not in _PLAIN:
+                found = _find_enum(item, depth + 1)
+                if found is not None:
+                    return found
+        return None
+    if t is list or t is tuple:
+        for item in value:
+            if type(item) not in _PLAIN:
+                found = _find_enum(item, depth + 1)
+                if found is not None:
+                    return found
+        return None
+    return value if isinstance(value, enum.Enum) else None
+
+
+def _replace_enums(value: Any, hook: Callable[[Any], Any]) -> Any:
+    t = type(value)
+    if t is dict:
+        return {k: _replace_enums(v, hook) for k, v in value.items()}
+    if t is list or t is tuple:
+        return [_replace_enums(v, hook) for v in value]
+    if isinstance(value, enum.Enum):
+        return hook(value)
+    return value
 
 
 def _stdlib_default(value: Any) -> Any:
@@ -112,6 +154,15 @@ class ValueCodec:
             return orjson.dumps(value), False
         if t is int and -_I64 <= value < _U64:
             return b"%d" % value, False
+        if t not in _PLAIN:
+            member = _find_enum(value)
+            if member is not None:
+                if self.serializer is not None:
+                    value = _replace_enums(value, self.serializer)
+                elif not isinstance(member, (int, str)):
+                    # stdlib json (aiodict) refuses a plain Enum member
+                    raise TypeError(f"Object of type {type(member).__name__} is not JSON "
+                                    "serializable")
         try:
             out = orjson.dumps(value, default=self._default, option=self._option)
         except orjson.JSONEncodeError as exc:
@@ -185,14 +236,18 @@ def parse_line(line: bytes) -> dict[str, Any]:
     body = line[BODY_START:]
     if _hexdigest(body).encode() != line[6:CHECK_END]:
         raise RecordError("checksum mismatch")
-    try:
-        rec = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        raise RecordError("does not parse as JSON") from None
+    if body.startswith(b'"s":') and b',"j":1,' in body[:32]:
+        # Holds integers orjson cannot read exactly (or at all): stdlib parser.
+        rec = parse_exact(line)
+    else:
+        try:
+            rec = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            raise RecordError("does not parse as JSON") from None
+        if type(rec) is dict and "j" in rec:
+            rec = parse_exact(line)
     if type(rec) is not dict or type(rec.get("s")) is not int or rec["s"] < 0:
         raise RecordError("no sequence number")
-    if "j" in rec:
-        rec = json.loads(line)
     ops = rec.get("o")
     if ops is None:
         if type(rec.get("h")) is not dict:
@@ -200,6 +255,14 @@ def parse_line(line: bytes) -> dict[str, Any]:
     elif type(ops) is not list:
         raise RecordError("operations are not a list")
     return rec
+
+
+def parse_exact(line: bytes) -> Any:
+    """Parse with the stdlib parser (exact big integers); RecordError if not JSON."""
+    try:
+        return json.loads(line)
+    except (ValueError, RecursionError):
+        raise RecordError("does not parse as JSON") from None
 
 
 def validate_op(op: Any) -> None:

@@ -41,18 +41,20 @@ def _backup_note(path: str) -> str:
 
 
 def _nonfinite_key(data: Any) -> str | None:
-    def bad(v: Any) -> bool:
-        if type(v) is float:
-            return not math.isfinite(v)
-        if type(v) is dict:
-            return any(bad(x) for x in v.values())
-        if type(v) is list:
-            return any(bad(x) for x in v)
-        return False
-
+    """The first key whose value holds NaN or ±Infinity (no recursion: a file
+    may nest deeper than Python's stack)."""
     for k, v in data.items():
-        if bad(v):
-            return k
+        stack = [v]
+        while stack:
+            x = stack.pop()
+            t = type(x)
+            if t is float:
+                if not math.isfinite(x):
+                    return k
+            elif t is dict:
+                stack.extend(x.values())
+            elif t is list:
+                stack.extend(x)
     return None
 
 
@@ -85,11 +87,14 @@ def _unwrap(members: dict[str, Any], path: str) -> tuple[dict[str, Any], dict[st
 
 def _checked_expiries(expiries: dict[str, Any], path: str) -> dict[str, float]:
     for key, exp in expiries.items():
-        if type(exp) not in (int, float) or not math.isfinite(exp):
-            raise CorruptionError(f"{path}: key {key!r} has a bad expires_at {exp!r}",
+        try:
+            value = float(exp) if type(exp) in (int, float) else math.nan
+        except OverflowError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise CorruptionError(f"{path}: key {key!r} has a bad expires_at {str(exp)[:40]}",
                                   path=path, offset=None)
-        if type(exp) is int:
-            expiries[key] = float(exp)
+        expiries[key] = value
     return expiries
 
 
@@ -120,7 +125,11 @@ def parse_snapshot(raw: bytes, path: str) -> Snapshot:
         ours = type(book) is dict and type(book.get("log")) is str and type(book.get("seq")) is int
         if not exact and (not ours or book.get("exact")):
             if raw.translate(_DIGITS).find(_LONG_RUN) >= 0:
-                doc = json.loads(raw)
+                try:
+                    doc = json.loads(raw)
+                except (ValueError, RecursionError) as exc:
+                    raise CorruptionError(f"{path}: the snapshot cannot be read exactly ({exc})",
+                                          path=path, offset=None) from None
                 exact = True
     finally:
         if gc_was:

@@ -1,9 +1,8 @@
 """The ``logkv`` command line (CONTRACT §5).
 
 Parsing and printing only: the work is done by the library (``LogKV``,
-``compact_store``, the snapshot and log readers). ``verify`` and ``recover``
-walk the log line by line themselves, so that they find every damaged line
-instead of stopping at the first one as the library's reader does.
+``compact_store``, and ``verify_store`` / ``recover_store`` in
+``logkv._recover``, which return reports that are printed here).
 
 Exit status, for every command: 0 success; 1 failure (damage found, key not
 found, a logkv error); 2 usage error (bad arguments, bad JSON, no store at
@@ -12,28 +11,22 @@ PATH).
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import logging
 import math
 import os
-import secrets
 import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import orjson
 
-from ._errors import CorruptionError, LogKVError, LogMismatchError
-from ._fs import DEFAULT_FS
-from ._log import parse_header, replay_start
-from ._record import RecordError, build_header, parse_line, validate_op
-from ._snapshot import Snapshot, encode_snapshot, install_snapshot, parse_snapshot, write_snapshot
+from ._errors import LogKVError
+from ._recover import recover_store, verify_store
 from ._store import LogKV
 
 EXIT_OK = 0
@@ -89,19 +82,6 @@ def _require_store(path: str) -> None:
         raise _UsageError(f"no store at {path} (neither {path} nor {path}.wal exists)")
 
 
-def _stamp() -> str:
-    return time.strftime("%Y%m%dT%H%M%S")
-
-
-def _free_name(base: str) -> str:
-    """``base``, or ``base-1``, ``base-2``... whichever does not exist yet."""
-    name, n = base, 0
-    while os.path.lexists(name):
-        n += 1
-        name = f"{base}-{n}"
-    return name
-
-
 def _parse_json_value(text: str) -> Any:
     def no_constant(name: str) -> Any:
         raise ValueError(f"{name} is not JSON")
@@ -150,181 +130,43 @@ def cmd_compact(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# ---------------------------------------------------------------------------- log walking
-@dataclass
-class _Line:
-    offset: int
-    raw: bytes            # the line's bytes, newline included when it has one
-    seq: int | None = None
-    ops: list | None = None
-    problem: str | None = None
-    torn: bool = False
-
-
-@dataclass
-class _Walk:
-    """Every line of a log, each either valid or with its problem."""
-
-    header: Any = None          # LogHeader, or None when missing/damaged
-    header_problem: str | None = None
-    lines: list[_Line] = field(default_factory=list)
-    size: int = 0
-
-    @property
-    def valid(self) -> list[_Line]:
-        return [ln for ln in self.lines if ln.problem is None]
-
-    @property
-    def damaged(self) -> list[_Line]:
-        return [ln for ln in self.lines if ln.problem is not None]
-
-
-def _walk_log(buf: bytes, wal_path: str) -> _Walk:
-    """Check every line of the log: prefix, checksum, parse, operations and
-    sequence continuity, continuing after a damaged line. After a damaged
-    line any higher sequence is accepted (the damaged line may have held the
-    numbers in between); a sequence that goes back is damage.
-    """
-    walk = _Walk(size=len(buf))
-    if not buf:
-        return walk
-    pos = 0
-    prev: int | None = None
-    try:
-        walk.header = parse_header(buf, wal_path)
-        prev = walk.header.base_seq
-        pos = walk.header.end
-    except CorruptionError as exc:
-        nl = buf.find(b"\n")
-        if nl < 0:
-            walk.lines.append(_Line(0, buf, problem="torn tail", torn=True))
-            return walk
-        walk.header_problem = str(exc).split(": ", 1)[-1]
-        walk.lines.append(_Line(0, buf[:nl + 1], problem=walk.header_problem))
-        pos = nl + 1
-    gap_ok = False  # after a damaged line: any higher sequence is accepted
-    while pos < len(buf):
-        nl = buf.find(b"\n", pos)
-        if nl < 0:
-            walk.lines.append(_Line(pos, buf[pos:], problem="torn tail", torn=True))
-            break
-        line = _Line(pos, buf[pos:nl + 1])
-        pos = nl + 1
-        try:
-            rec = parse_line(line.raw[:-1])
-            ops = rec.get("o")
-            if ops is None:
-                raise RecordError("a header in the middle of the log")
-            for op in ops:
-                validate_op(op)
-            seq = rec["s"]
-            if prev is not None:
-                if gap_ok:
-                    if seq <= prev:
-                        raise RecordError(f"sequence {seq} does not follow {prev}")
-                elif seq != prev + 1:
-                    raise RecordError(f"sequence {seq} does not follow {prev}")
-        except RecordError as exc:
-            line.problem = str(exc)
-            walk.lines.append(line)
-            gap_ok = True
-            continue
-        line.seq, line.ops = seq, ops
-        walk.lines.append(line)
-        prev = seq
-        gap_ok = False
-    return walk
-
-
 # ---------------------------------------------------------------------------- verify
 def cmd_verify(args: argparse.Namespace) -> int:
     path = args.path
     _require_store(path)
-    wal = path + ".wal"
-    bak = path + ".bak"
-    problems: list[dict[str, Any]] = []
-    warnings: list[dict[str, Any]] = []
-    notes: list[str] = []
-
-    def problem(file: str, offset: int | None, what: str) -> None:
-        problems.append({"file": file, "offset": offset, "problem": what})
-
-    # the snapshot and its backup
-    for file, label in ((path, "snapshot"), (bak, "backup")):
-        raw = DEFAULT_FS.read_file(file)
-        if raw is None:
-            if file == path:
-                notes.append(f"{file}: no snapshot (the store is the log alone)")
-            continue
-        try:
-            snap = parse_snapshot(raw, file)
-        except CorruptionError as exc:
-            problem(file, exc.offset, f"{label} does not load: {exc}")
-            continue
-        kind = "logkv" if snap.log_id else ("empty" if snap.fingerprint == "empty" else "foreign")
-        notes.append(f"{file}: {label} ok, {len(snap.data)} keys, {_human(len(raw))}"
-                     + (f", sequence {snap.seq}" if snap.log_id else f" ({kind} file)"))
-
-    # the log, every line of it
-    records = 0
-    buf = DEFAULT_FS.read_file(wal)
-    if buf is None:
-        notes.append(f"{wal}: no log")
-    elif not buf:
-        notes.append(f"{wal}: empty log")
-    else:
-        walk = _walk_log(buf, wal)
-        records = len([ln for ln in walk.valid])
-        for ln in walk.lines:
-            if ln.torn:
-                warnings.append({"file": wal, "offset": ln.offset,
-                                 "problem": f"torn tail, {len(ln.raw)} bytes at offset "
-                                            f"{ln.offset}"})
-            elif ln.problem is not None:
-                problem(wal, ln.offset, ln.problem)
-        seqs = [ln.seq for ln in walk.valid]
-        span = f", sequences {seqs[0]}..{seqs[-1]}" if seqs else ""
-        notes.append(f"{wal}: {records} valid records{span}, {_human(len(buf))}")
-
-    # does the log belong to the snapshot? (the library's own open decides)
-    keys: int | None = None
-    logger_level = _log.level
-    _log.setLevel(logging.ERROR)  # the torn tail is reported above, not twice
-    try:
-        store = LogKV(path, read_only=True)
-    except LogMismatchError as exc:
-        problem(exc.path or wal, exc.offset, f"the log does not belong to the snapshot: {exc}")
-    except CorruptionError as exc:
-        if not problems:  # the library found something the walk above did not
-            problem(exc.path or path, exc.offset, str(exc))
-    except LogKVError as exc:
-        problem(path, None, f"the store does not open: {exc}")
-    else:
-        try:
-            keys = len(store)
-        finally:
-            store.close()
-    finally:
-        _log.setLevel(logger_level)
-
-    ok = not problems
+    report = verify_store(path)
+    ok = report.ok
     if args.json:
-        _out(_json_bytes({"ok": ok, "problems": problems, "records": records, "keys": keys,
-                          "warnings": warnings}, pretty=False))
+        _out(_json_bytes({"ok": ok, "problems": [p._asdict() for p in report.problems],
+                          "records": report.records, "keys": report.keys,
+                          "warnings": [w._asdict() for w in report.warnings]}, pretty=False))
         return EXIT_OK if ok else EXIT_FAIL
-    for note in notes:
-        print(note)
-    for w in warnings:
-        print(f"note: {w['file']}: {w['problem']} (a write cut short by a crash, never "
+    if report.snapshot_missing:
+        print(f"{path}: no snapshot (the store is the log alone)")
+    for snap in report.snapshots:
+        print(f"{snap.file}: {snap.label} ok, {snap.keys} keys, {_human(snap.size)}"
+              + (f", sequence {snap.seq}" if snap.seq is not None else f" ({snap.kind} file)"))
+    log = report.log
+    if log is not None:
+        if not log.exists:
+            print(f"{log.file}: no log")
+        elif not log.size:
+            print(f"{log.file}: empty log")
+        else:
+            span = (f", sequences {log.first_seq}..{log.last_seq}"
+                    if log.first_seq is not None else "")
+            print(f"{log.file}: {log.records} valid records{span}, {_human(log.size)}")
+    for w in report.warnings:
+        print(f"note: {w.file}: {w.problem} (a write cut short by a crash, never "
               "acknowledged; it is dropped when the store opens)")
-    for p in problems:
-        where = f"byte offset {p['offset']}" if p["offset"] is not None else "whole file"
-        print(f"PROBLEM: {p['file']}, {where}: {p['problem']}")
+    for p in report.problems:
+        where = f"byte offset {p.offset}" if p.offset is not None else "whole file"
+        print(f"PROBLEM: {p.file}, {where}: {p.problem}")
     if ok:
-        print(f"ok: {path} is clean ({records} log records, {keys} keys)")
+        print(f"ok: {path} is clean ({report.records} log records, {report.keys} keys)")
         return EXIT_OK
-    print(f"DAMAGED: {len(problems)} problem(s) in {path}; `logkv recover {path}` salvages "
-          "what is valid")
+    print(f"DAMAGED: {len(report.problems)} problem(s) in {path}; `logkv recover {path}` "
+          "salvages what is valid")
     return EXIT_FAIL
 
 
@@ -395,250 +237,49 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- recover
-def _take_locks(path: str, timeout: float = 10.0) -> list[int]:
-    """The store's write lock (flock on PATH.lock), and the proof that no other
-    process has the store open (an exclusive flock on PATH.shm, whose shared
-    flock every open store holds)."""
-    fds: list[int] = []
-    lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    fds.append(lock_fd)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                _release(fds)
-                raise LogKVError(f"could not lock {path}.lock within {timeout} s") from None
-            time.sleep(0.01)
-    if os.path.exists(path + ".shm"):
-        shm_fd = os.open(path + ".shm", os.O_RDWR | os.O_CLOEXEC)
-        fds.append(shm_fd)
-        try:
-            fcntl.flock(shm_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            _release(fds)
-            raise LogKVError(
-                f"{path} is open in another process; close it there first (a process that "
-                "keeps writing would write to the log recover moves aside)") from None
-    return fds
-
-
-def _release(fds: list[int]) -> None:
-    for fd in reversed(fds):
-        os.close(fd)  # closing the descriptor releases its flock
-
-
-def _apply_ops(data: dict[str, Any], exp: dict[str, float], ops: list) -> None:
-    """The log's operations on plain dicts (as the engine replays them)."""
-    for op in ops:
-        kind = op[0]
-        if kind == "s":
-            data[op[1]] = op[2]
-            if op[3] is None:
-                exp.pop(op[1], None)
-            else:
-                exp[op[1]] = float(op[3])
-        elif kind == "d":
-            data.pop(op[1], None)
-            exp.pop(op[1], None)
-        elif kind == "e":
-            if op[1] in data:
-                if op[2] is None:
-                    exp.pop(op[1], None)
-                else:
-                    exp[op[1]] = float(op[2])
-        else:
-            data.clear()
-            exp.clear()
-
-
-def _write_durably(name: str, payload: bytes) -> None:
-    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        DEFAULT_FS.write(fd, payload)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _keep_aside(src: str, dst: str) -> None:
-    """Make ``dst`` a second name of ``src`` (hard link; a synced copy when
-    links are not possible), so ``src`` can then be replaced atomically."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        with open(src, "rb") as f:
-            _write_durably(dst, f.read())
-
-
 def cmd_recover(args: argparse.Namespace) -> int:
     path = args.path
     _require_store(path)
     wal = path + ".wal"
     bak = path + ".bak"
-    folder = os.path.dirname(os.path.abspath(path))
-    say: Callable[[str], None]
+    progress: Callable[[str], None] | None = None
     if sys.stderr.isatty():
-        def say(phase: str) -> None:
+        def progress(phase: str) -> None:
             print(f"logkv recover: {phase}...", file=sys.stderr, flush=True)
-    else:
-        def say(phase: str) -> None:
-            pass
+    r = recover_store(path, from_backup=args.from_backup, apply_log=args.apply_log,
+                      progress=progress)
 
-    fds = _take_locks(path)
-    try:
-        stamp = _stamp()
-        report: list[str] = []
-        # 1. the snapshot (or its backup)
-        say("reading the snapshot")
-        used_backup = False
-        damaged_snapshot: str | None = None
-        raw = DEFAULT_FS.read_file(path)
-        try:
-            snap = parse_snapshot(raw, path) if raw is not None else \
-                Snapshot({}, {}, None, 0, "empty", 0)
-            if args.from_backup:
-                report.append(f"the snapshot {path} is readable: --from-backup not needed, "
-                              "not used")
-        except CorruptionError as exc:
-            if not args.from_backup:
-                hint = (f"; rerun with --from-backup to start from {bak}"
-                        if os.path.exists(bak) else f"; there is no {bak} to start from")
-                raise LogKVError(f"{exc}{hint}") from None
-            braw = DEFAULT_FS.read_file(bak)
-            if braw is None:
-                raise LogKVError(f"{exc}; and there is no {bak}") from None
-            try:
-                snap = parse_snapshot(braw, bak)
-            except CorruptionError as bexc:
-                raise LogKVError(f"{exc}; the backup is damaged too: {bexc}") from None
-            used_backup = True
-
-        # 2. the log, every line of it
-        say("reading the log")
-        buf = DEFAULT_FS.read_file(wal) or b""
-        walk = _walk_log(buf, wal)
-        header = walk.header
-        valid = walk.valid
-        damaged = walk.damaged
-
-        # 3. does the log belong to the snapshot? (design.md §5)
-        mismatch: str | None = None
-        start = snap.seq
-        if header is None:
-            if valid:
-                mismatch = "the log's header is damaged, so it cannot tell which snapshot it " \
-                           "belongs to"
-        else:
-            try:
-                start = replay_start(snap.log_id, snap.seq, snap.fingerprint, header,
-                                     bool(valid), wal, path)
-            except LogMismatchError as exc:
-                mismatch = str(exc)
-        if mismatch is not None:
-            # Records of the same stream (or of an unknown one) are applied
-            # only above what the snapshot holds; those of another stream all.
-            same = header is None or (snap.log_id is not None and snap.log_id == header.log_id)
-            start = snap.seq if same else -1
-
-        data, exp = dict(snap.data), dict(snap.expiries)
-        applied = 0
-        already = 0
-        last_seq = snap.seq
-        ignored = 0
-        if mismatch is None or args.apply_log:
-            for ln in valid:
-                if ln.seq is not None and ln.seq > start:
-                    _apply_ops(data, exp, ln.ops or [])
-                    applied += 1
-                    last_seq = max(last_seq, ln.seq)
-                else:
-                    already += 1
-        else:
-            ignored = len(valid)
-
-        # 4. keep everything that is replaced or dropped, next to the store
-        say("moving damaged bytes aside")
-        if used_backup and raw is not None:
-            damaged_snapshot = _free_name(f"{path}.damaged-{stamp}.snapshot")
-            _keep_aside(path, damaged_snapshot)
-        damaged_file: str | None = None
-        damaged_bytes = sum(len(ln.raw) for ln in damaged)
-        if damaged:
-            damaged_file = _free_name(f"{path}.damaged-{stamp}")
-            _write_durably(damaged_file, b"".join(ln.raw for ln in damaged))
-        old_bak: str | None = None
-        if not used_backup and raw is not None and os.path.exists(bak):
-            # install_snapshot below makes .bak the current snapshot: keep the
-            # older backup too
-            old_bak = _free_name(f"{bak}.recovered-{stamp}")
-            _keep_aside(bak, old_bak)
-        old_log: str | None = None
-        if os.path.exists(wal):
-            old_log = _free_name(f"{wal}.recovered-{stamp}")
-            _keep_aside(wal, old_log)
-        DEFAULT_FS.fsync_dir(folder)
-
-        # 5. a fresh snapshot with a new log id, then a log holding its header
-        say(f"writing {len(data)} keys")
-        log_id = secrets.token_hex(16)
-        payload = encode_snapshot(data, exp, log_id, last_seq)
-        tmp = write_snapshot(DEFAULT_FS, path, payload)
-        install_snapshot(DEFAULT_FS, path, tmp, create_backup=not used_backup)
-        head = build_header(last_seq, log_id, f"{log_id}:{last_seq}")
-        wal_tmp = wal + ".tmp"
-        fd = os.open(wal_tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            DEFAULT_FS.write(fd, head)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(wal_tmp, wal)
-        DEFAULT_FS.fsync_dir(folder)
-        if len(fds) > 1:
-            # The shared page describes the old files: clear its magic word so
-            # the next process that opens the store rebuilds it from the files
-            # (design.md §7), even one that was waiting for our lock.
-            os.pwrite(fds[1], b"\0" * 8, 0)
-    finally:
-        _release(fds)
-
-    # 6. what was kept and what was dropped
     print(f"recovered {path}")
-    src = f"the backup {bak}" if used_backup else f"the snapshot {path}"
-    print(f"  started from {src}: {len(snap.data)} keys"
-          + (f", sequence {snap.seq}" if snap.log_id else ""))
-    for line in report:
-        print(f"  {line}")
-    if damaged_snapshot:
-        print(f"  the damaged snapshot was kept at {damaged_snapshot}")
-    if mismatch is not None:
-        print(f"  the log does not belong to the snapshot: {mismatch}")
-        if args.apply_log:
-            print(f"  --apply-log: applied its {applied} valid record(s) on top of the snapshot")
+    src = f"the backup {r.source}" if r.used_backup else f"the snapshot {r.source}"
+    print(f"  started from {src}: {r.start_keys} keys"
+          + (f", sequence {r.start_seq}" if r.start_seq is not None else ""))
+    if r.backup_not_needed:
+        print(f"  the snapshot {path} is readable: --from-backup not needed, not used")
+    if r.damaged_snapshot:
+        print(f"  the damaged snapshot was kept at {r.damaged_snapshot}")
+    if r.mismatch is not None:
+        print(f"  the log does not belong to the snapshot: {r.mismatch}")
+        if r.log_applied:
+            print(f"  --apply-log: applied its {r.applied} valid record(s) on top of the snapshot")
         else:
-            print(f"  kept the snapshot alone; the log's {ignored} valid record(s) were NOT "
+            print(f"  kept the snapshot alone; the log's {r.ignored} valid record(s) were NOT "
                   "applied")
-            if ignored and old_log:
-                print(f"  to apply them instead: mv {old_log} {wal} && "
+            if r.ignored and r.old_log:
+                print(f"  to apply them instead: mv {r.old_log} {wal} && "
                       f"logkv recover {path} --apply-log")
-    print(f"  log records kept: {applied} applied"
-          + (f", {already} already in the snapshot" if already else ""))
-    print(f"  log records dropped: {len(damaged)}")
-    for ln in damaged:
-        print(f"    byte offset {ln.offset}: {len(ln.raw)} bytes, {ln.problem}")
-    if damaged_file:
-        print(f"  moved {damaged_bytes} damaged bytes aside to {damaged_file}")
-    if old_log:
-        print(f"  the old log was kept at {old_log}")
-    if old_bak:
-        print(f"  the old backup was kept at {old_bak}; {bak} is now the snapshot recover "
+    print(f"  log records kept: {r.applied} applied"
+          + (f", {r.already} already in the snapshot" if r.already else ""))
+    print(f"  log records dropped: {len(r.dropped)}")
+    for start, end, problem in r.dropped:
+        print(f"    byte offset {start}: {end - start} bytes, {problem}")
+    if r.damaged_file:
+        print(f"  moved {r.damaged_bytes} damaged bytes aside to {r.damaged_file}")
+    if r.old_log:
+        print(f"  the old log was kept at {r.old_log}")
+    if r.old_bak:
+        print(f"  the old backup was kept at {r.old_bak}; {bak} is now the snapshot recover "
               "started from")
-    now = time.time()
-    live = sum(1 for k in data if k not in exp or exp[k] > now)
-    print(f"  new snapshot: {live} keys, sequence {last_seq}, {_human(len(payload))};"
+    print(f"  new snapshot: {r.keys} keys, sequence {r.seq}, {_human(r.snapshot_size)};"
           " new log: header only")
     return EXIT_OK
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import math
 import os
 import pathlib
 import re
@@ -571,3 +572,253 @@ def test_cleanup_expired_on_load_false_still_hides_expired(store_path):
     finally:
         db.close()
     assert contents(store_path) == {"k": 2}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"weird_key": NaN, "b": 1}',
+        '{"version":1,"updated_at":"2026-01-01T00:00:00Z","data":{"weird_key":{"value":Infinity,"expires_at":null}}}',
+        '{"weird_key": [1, -Infinity]}',
+    ],
+)
+def test_foreign_non_finite_values_kept_or_refused_naming_the_key(store_path, text):
+    # CONTRACT §3.2: opens with those values intact, or fails with an error
+    # naming the key; the file is never rewritten with them changed.
+    write(store_path, text)
+    before = open(store_path, "rb").read()
+    try:
+        db = LogKV(store_path)
+    except Exception as e:  # noqa: BLE001 - either outcome is allowed, checked below
+        assert "weird_key" in str(e)
+        assert open(store_path, "rb").read() == before
+        return
+    try:
+        v = db["weird_key"]
+        flat = v if isinstance(v, list) else [v]
+        assert any(isinstance(x, float) and not math.isfinite(x) for x in flat)
+    finally:
+        db.close()
+
+
+def test_updated_at_changes_and_unknown_member_ignored(store_path):
+    write(store_path, json.dumps({"version": 1, "updated_at": "2000-01-01T00:00:00Z",
+                                  "data": {"a": {"value": 1, "expires_at": None}},
+                                  "written_by": "someone else"}))
+    db = LogKV(store_path)
+    try:
+        assert db.copy() == {"a": 1}
+        db["b"] = 2
+    finally:
+        db.close()
+    snap = read_json(store_path)
+    assert snap["updated_at"] != "2000-01-01T00:00:00Z"
+    assert {k: v["value"] for k, v in snap["data"].items()} == {"a": 1, "b": 2}
+
+
+# ---------------------------------------------------------------------------
+# subclasses of built-in types (CONTRACT §3: the serializer is called for them;
+# without one, logkv converts what aiodict's json.dumps converts)
+# ---------------------------------------------------------------------------
+
+import collections  # noqa: E402
+import enum  # noqa: E402
+
+
+class MyInt(int):
+    pass
+
+
+class MyStr(str):
+    pass
+
+
+class MyFloat(float):
+    pass
+
+
+class MyDict(dict):
+    pass
+
+
+class MyList(list):
+    pass
+
+
+class Colour(enum.IntEnum):
+    RED = 3
+
+
+class Mood(str, enum.Enum):
+    HAPPY = "happy"
+
+
+class Plain(enum.Enum):
+    ONE = 1
+
+
+Pair = collections.namedtuple("Pair", "x y")
+
+SUBCLASS_VALUES = [
+    ("myint", MyInt(5)),
+    ("mystr", MyStr("x")),
+    ("myfloat", MyFloat(1.5)),
+    ("mydict", MyDict(a=1)),
+    ("mylist", MyList([1])),
+    ("intenum", Colour.RED),
+    ("strenum", Mood.HAPPY),
+]
+
+
+@pytest.mark.parametrize("name,value", SUBCLASS_VALUES, ids=[n for n, _ in SUBCLASS_VALUES])
+def test_serializer_called_for_subclasses_of_builtins(store_path, name, value):
+    seen = []
+
+    def ser(v):
+        seen.append(v)
+        return {"__sub__": type(v).__name__}
+
+    db = LogKV(store_path, serializer=ser)
+    db["v"] = value
+    assert db["v"] is value  # memory keeps the caller's object
+    db.close()
+    assert any(type(s) is type(value) for s in seen), seen
+    assert contents(store_path) == {"v": {"__sub__": type(value).__name__}}
+
+
+@pytest.mark.parametrize(
+    "name,value,expected",
+    [
+        ("myint", MyInt(5), 5),
+        ("mystr", MyStr("x"), "x"),
+        ("myfloat", MyFloat(1.5), 1.5),
+        ("mydict", MyDict(a=1), {"a": 1}),
+        ("mylist", MyList([1]), [1]),
+        ("namedtuple", Pair(1, 2), [1, 2]),
+        ("intenum", Colour.RED, 3),
+        ("strenum", Mood.HAPPY, "happy"),
+        ("nested", {"p": Pair(MyFloat(0.5), [MyInt(1)])}, {"p": [0.5, [1]]}),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_builtin_subclasses_without_serializer_stored_like_aiodict(store_path, name, value, expected):
+    db = LogKV(store_path)
+    db["v"] = value
+    db.close()
+    got = contents(store_path)["v"]
+    assert got == expected
+    assert type(got) is type(expected)
+
+
+def test_plain_enum_without_serializer_raises_type_error(store_path):
+    # aiodict's json.dumps refuses a plain Enum member; CONTRACT §3: "raises
+    # TypeError for anything else".
+    db = LogKV(store_path)
+    try:
+        with pytest.raises(TypeError):
+            db["v"] = Plain.ONE
+        assert "v" not in db
+    finally:
+        db.close()
+
+
+def test_log_lines_are_json_one_per_mutation(store_path):
+    db = LogKV(store_path)
+    try:
+        db["a"] = 1
+        wal = store_path + ".wal"
+        with open(wal, "rb") as f:
+            n0 = f.read().count(b"\n")
+        db["b"] = {"x": [1, 2]}
+        db.mset({"c": 1, "d": 2})
+        with db.transaction():
+            db["e"] = 1
+            db["f"] = 2
+        db.set("g", 2**70)
+        with open(wal, "rb") as f:
+            raw = f.read()
+    finally:
+        db.close()
+    assert raw.endswith(b"\n")
+    lines = raw.split(b"\n")[:-1]
+    assert len(lines) == n0 + 4
+    for line in lines:
+        obj = json.loads(line)  # each line is a JSON object on its own (jq reads it)
+        assert isinstance(obj, dict)
+        assert len(obj) >= 2  # at least a sequence number and a checksum besides the body
+
+
+AWKWARD = {
+    "": "empty key",
+    "a\nb": "line1\nline2\r\n",
+    'quo"te': 'back\\slash "quoted"',
+    "uni ✓ \u2028 \u2029": "ünï \u2028 \x00 \x1f",
+    "tab\tkey": {"nested\nkey": ["\n", "\t", "\u0000"]},
+    "long": "x" * 100_000,
+    "emoji 😀": "😀" * 10,
+}
+
+
+def test_awkward_keys_and_values_round_trip(store_path, tmp_path):
+    db = LogKV(store_path)
+    try:
+        for k, v in AWKWARD.items():
+            db[k] = v
+        assert contents(crash_copy(store_path, tmp_path)) == AWKWARD
+    finally:
+        db.close()
+    assert contents(store_path) == AWKWARD
+    assert {k: v["value"] for k, v in read_json(store_path)["data"].items()} == AWKWARD
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_failed_open_leaves_nothing_open(tmp_path):
+    path = str(tmp_path / "db.json")
+    write(path, "{broken")
+    for _ in range(3):
+        with pytest.raises(CorruptionError):
+            LogKV(path)
+    leftover = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(tmp_path)):
+            leftover.append(target)
+    with open("/proc/self/maps") as f:
+        leftover.extend(line for line in f if str(tmp_path) in line)
+    assert leftover == []
+
+
+def test_deserializer_applied_to_values_written_by_another_handle(store_path):
+    # values another handle (process) wrote reach this one from the log: the
+    # deserializer applies to them too.
+    h0 = LogKV(store_path, serializer=_dt_serializer, deserializer=_dt_deserializer)
+    h1 = LogKV(store_path, serializer=_dt_serializer, deserializer=_dt_deserializer)
+    when = dt.datetime(2024, 1, 1, 1, 1, 1)
+    try:
+        h0["t"] = when
+        assert h1["t"] == when and type(h1["t"]) is dt.datetime
+        with h0.transaction():
+            h0["u"] = when
+        assert h1["u"] == when
+        h0.compact()
+        h0["w"] = when
+        assert h1.copy() == {"t": when, "u": when, "w": when}
+    finally:
+        h0.close()
+        h1.close()
+
+
+def test_indent_and_sort_keys_with_big_ints(store_path):
+    db = LogKV(store_path, indent=3, sort_keys=True)
+    db["b"] = {"z": 2**70, "y": 1}
+    db["a"] = 1
+    db.close()
+    text = open(store_path, encoding="utf-8").read()
+    lines = text.splitlines()
+    assert lines[1].startswith('   "') and not lines[1].startswith('    ')
+    _assert_sorted_everywhere(_ordered(text))
+    assert json.loads(text)["data"]["b"]["value"] == {"y": 1, "z": 2**70}
+    assert contents(store_path) == {"a": 1, "b": {"y": 1, "z": 2**70}}

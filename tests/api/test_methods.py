@@ -133,7 +133,7 @@ def test_set_returns_none_and_get_default(db):
 @pytest.mark.parametrize("bad_ttl", [0, -1, -0.5, 0.0])
 def test_set_ttl_must_be_positive(db, bad_ttl):
     db["a"] = 1
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="ttl must be greater than 0"):
         db.set("a", 2, ttl=bad_ttl)
     with pytest.raises(ValueError):
         db.set("new", 2, ttl=bad_ttl)
@@ -1184,3 +1184,120 @@ def test_parent_folders_created(tmp_path):
         assert db["a"] == 1
     finally:
         db.close()
+
+
+def test_delete_while_iterating(db):
+    for i in range(5):
+        db[f"k{i}"] = i
+    for k in db:
+        del db[k]
+    assert db.copy() == {}
+    for i in range(3):
+        db[f"j{i}"] = i
+    for k in db.keys():
+        db.pop(k)
+    assert len(db) == 0
+
+
+def test_default_path_is_db_json_in_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    db = LogKV()
+    try:
+        db["a"] = 1
+        assert db.stats()["file_path"] == "db.json"
+    finally:
+        db.close()
+    assert os.path.exists(tmp_path / "db.json")
+    db = LogKV(str(tmp_path / "db.json"))
+    try:
+        assert db.copy() == {"a": 1}
+    finally:
+        db.close()
+
+
+def test_pathlike_path(tmp_path):
+    import pathlib
+
+    p = pathlib.Path(tmp_path) / "db.json"
+    db = LogKV(p)
+    try:
+        db["a"] = 1
+        assert db.stats()["file_path"] == str(p)
+    finally:
+        db.close()
+    db = LogKV(str(p))
+    try:
+        assert db["a"] == 1
+    finally:
+        db.close()
+
+
+def test_mget_many_keys(db):
+    db.mset({f"k{i}": i for i in range(100)})
+    db.set("t", "gone", ttl=SHORT_TTL)
+    ns = db.namespace("ns")
+    ns.mset({f"v{i}": i for i in range(80)})
+    time.sleep(PAST_SHORT_TTL)
+    keys = [f"k{i}" for i in range(100)] + ["t", "missing"]
+    assert db.mget(keys, default="d") == list(range(100)) + ["d", "d"]
+    assert ns.mget([f"v{i}" for i in range(80)] + ["k1"], default=-1) == list(range(80)) + [-1]
+
+
+def test_read_only_sees_writes_of_another_handle(store_path):
+    w = LogKV(store_path)
+    w["a"] = 1
+    ro = LogKV(store_path, read_only=True)
+    try:
+        assert ro.copy() == {"a": 1}
+        w["b"] = 2
+        assert ro.get("b") == 2
+        w.compact()
+        w["c"] = 3
+        assert ro.copy() == {"a": 1, "b": 2, "c": 3}
+        with w.transaction():
+            w["d"] = 4
+            w["e"] = 4
+        assert ro.mget(["d", "e"]) == [4, 4]
+        w.close()
+        assert ro.copy() == {"a": 1, "b": 2, "c": 3, "d": 4, "e": 4}
+        with pytest.raises(ReadOnlyError):
+            ro["z"] = 1
+    finally:
+        w.close()
+        ro.close()
+
+
+def _open_handles(folder):
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(folder)):
+            out.append(target)
+    with open("/proc/self/maps") as f:
+        out.extend(line for line in f if str(folder) in line)
+    return out
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_close_releases_descriptors_and_maps(tmp_path):
+    # CONTRACT §3.1: close() releases whatever it holds (descriptors, memory maps).
+    path = str(tmp_path / "db.json")
+    for durability in ("interval", "always", "os"):
+        db = LogKV(path, durability=durability)
+        db["a"] = 1
+        db.compact()
+        db["b"] = 2
+        with db.transaction():
+            db["c"] = 3
+        db.close()
+        assert _open_handles(tmp_path) == []
+    ro = LogKV(path, read_only=True)
+    assert ro["a"] == 1
+    ro.close()
+    assert _open_handles(tmp_path) == []
+    with LogKV(path, autosave=False) as db:
+        db["d"] = 4
+    assert _open_handles(tmp_path) == []

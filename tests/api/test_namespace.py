@@ -222,6 +222,7 @@ def test_stats_counts_view_keys(db, users):
     s = users.stats()
     assert s["keys"] == 3
     assert s["ttl_keys"] == 2
+    assert s["file_path"] == db.stats()["file_path"]
     p = db.stats()
     assert p["keys"] == 5
     assert p["ttl_keys"] == 3
@@ -266,6 +267,7 @@ def test_transaction_on_view_commits(db, users):
 
 def test_transaction_on_view_yields_the_view(db, users):
     with users.transaction() as t:
+        assert t is users
         t["k"] = 1
     assert db["users:k"] == 1
     assert "k" not in db
@@ -366,3 +368,21 @@ def test_view_keys_converted_with_str(db, users):
     assert db["users:5"] == "five"
     assert users.get(5) == "five"
     assert 5 in users
+
+
+STORE_METHODS = [
+    "__getitem__", "__setitem__", "__delitem__", "__contains__", "__len__", "__iter__",
+    "set", "get", "pop", "setdefault", "update", "clear", "exists", "copy", "keys", "values",
+    "items", "mset", "mget", "incr", "append", "extend", "remove", "expire", "ttl", "persist",
+    "cleanup_expired", "touch", "stats", "flush", "reload", "close", "compact", "transaction",
+    "namespace",
+]
+
+
+def test_view_has_the_whole_method_set(db, users):
+    from collections.abc import MutableMapping
+
+    assert isinstance(users, MutableMapping)
+    for name in STORE_METHODS:
+        assert callable(getattr(db, name, None)), name
+        assert callable(getattr(users, name, None)), name

@@ -294,3 +294,36 @@ def test_close_with_background_flusher_from_threads(store_path):
         assert db.copy() == {f"k{i}": 99 for i in range(4)}
     finally:
         db.close()
+
+
+def test_two_handles_on_one_store_from_threads(store_path):
+    # CONTRACT §4.10 within one process: two stores opened on the same files
+    # behave like two processes: no lost updates, writes seen by the other.
+    h = [LogKV(store_path), LogKV(store_path)]
+    try:
+        def work(i):
+            for _ in range(300):
+                h[i % 2].incr("c")
+
+        assert run_threads(work, 2) == []
+        assert h[0]["c"] == 600
+        assert h[1]["c"] == 600
+        with h[0].transaction():
+            h[0]["a"] = 1
+            h[0]["b"] = 1
+        assert h[1].mget(["a", "b"]) == [1, 1]
+        h[1].append("l", "x")
+        assert h[0]["l"] == ["x"]
+        h[0].compact()
+        h[1].incr("c")
+        h[1].compact()
+        h[0].incr("c")
+        assert h[1]["c"] == 602
+    finally:
+        h[0].close()
+        h[1].close()
+    db = LogKV(store_path)
+    try:
+        assert db.copy() == {"c": 602, "a": 1, "b": 1, "l": ["x"]}
+    finally:
+        db.close()

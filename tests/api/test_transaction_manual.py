@@ -388,3 +388,78 @@ def test_manual_mode_reopen_after_reload_and_flush(store_path):
         assert db.copy() == {"a": 1, "c": 3}
     finally:
         db.close()
+
+
+def test_interval_flusher_clears_dirty(store_path):
+    # durability="interval": the background flusher makes writes durable by
+    # itself (at most autosave_delay later); poll generously, no timing assertion.
+    import time
+
+    db = LogKV(store_path, autosave_delay=0.05)
+    try:
+        db["a"] = 1
+        deadline = time.monotonic() + 10
+        while db.stats()["dirty"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert db.stats()["dirty"] is False
+    finally:
+        db.close()
+
+
+def test_in_place_change_after_set_is_not_logged_manual_mode(store_path):
+    lst = [1]
+    db = LogKV(store_path, autosave=False)
+    db["l"] = lst
+    lst.append(2)  # not through the API
+    db.flush()
+    db.close()
+    db = LogKV(store_path)
+    try:
+        assert db["l"] == [1]
+    finally:
+        db.close()
+
+
+def test_in_place_change_inside_transaction_is_not_logged(store_path):
+    d = {"x": 1}
+    db = LogKV(store_path)
+    with db.transaction():
+        db["d"] = d
+        d["x"] = 2  # not through the API
+    db.close()
+    db = LogKV(store_path)
+    try:
+        assert db["d"] == {"x": 1}
+    finally:
+        db.close()
+
+
+def test_manual_mode_clear_then_set_flush(store_path, tmp_path):
+    db = LogKV(store_path, autosave=False)
+    try:
+        db.mset({"a": 1, "b": 2})
+        db.flush()
+        db.clear()
+        db["c"] = 3
+        assert open_copy(store_path, tmp_path) == {"a": 1, "b": 2}
+        db.flush()
+        assert open_copy(store_path, tmp_path) == {"c": 3}
+        assert db.copy() == {"c": 3}
+    finally:
+        db.close()
+
+
+def test_manual_mode_rollback_keeps_earlier_pending_changes(store_path, tmp_path):
+    db = LogKV(store_path, autosave=False)
+    try:
+        db["p"] = 1
+        with pytest.raises(Boom):
+            with db.transaction():
+                db["p"] = 2
+                db["q"] = 2
+                raise Boom()
+        assert db.copy() == {"p": 1}  # the block is undone, the earlier change is not
+        db.flush()
+        assert open_copy(store_path, tmp_path) == {"p": 1}
+    finally:
+        db.close()

@@ -16,7 +16,6 @@ from logkv import CorruptionError, LogKV
 from logkv._convert import detect_format, export_file, import_file
 from logkv.compat import PickleDB, PickleDBSQLite, aiodict
 
-NOW = time.time()
 VALUES = {
     "bot_name": "My Bot",
     "admin_id": 123456789,
@@ -56,12 +55,18 @@ def aiodict_read(path):
 
 
 @pytest.fixture
-def aiodict_file(tmp_path):
+def otp_expiry():
+    """The absolute expiry time of the "otp" key in the aiodict fixture."""
+    return time.time() + 600.25
+
+
+@pytest.fixture
+def aiodict_file(tmp_path, otp_expiry):
     path = tmp_path / "aiodict.json"
-    expiries = {"otp": NOW + 600.25}
+    expiries = {"otp": otp_expiry}
     values = dict(VALUES, otp="918273")
     data = json.loads(aiodict_bytes(values, expiries))
-    data["data"]["gone"] = {"value": 1, "expires_at": NOW - 10}  # already expired
+    data["data"]["gone"] = {"value": 1, "expires_at": time.time() - 10}  # already expired
     raw = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
     path.write_bytes(raw)
     return path
@@ -117,7 +122,7 @@ def test_aiodict_file_variants(tmp_path, indent, sort_keys):
     assert aiodict_read(path)["new"] == (1, None)
 
 
-def test_after_logkv_writes_aiodict_still_reads_the_file(aiodict_file):
+def test_after_logkv_writes_aiodict_still_reads_the_file(aiodict_file, otp_expiry):
     db = LogKV(str(aiodict_file))
     db["added"] = [1, 2]
     db.incr("admin_id")
@@ -128,7 +133,7 @@ def test_after_logkv_writes_aiodict_still_reads_the_file(aiodict_file):
     assert seen["added"] == ([1, 2], None)
     assert seen["admin_id"] == (123456790, None)
     assert seen["big"] == (2**70 + 3, None)  # exact
-    assert seen["otp"][1] == pytest.approx(NOW + 600.25)
+    assert seen["otp"][1] == otp_expiry
     assert seen["otp2"][1] > time.time() + 200
     assert "empty" not in seen and "gone" not in seen
 
@@ -197,7 +202,7 @@ def test_detect_format(tmp_path, aiodict_file, pickledb_file, pickledb_sqlite_fi
     assert detect_format(empty) == "empty"
 
 
-def test_import_aiodict_file_keeps_expiry_times_exactly(tmp_path, aiodict_file):
+def test_import_aiodict_file_keeps_expiry_times_exactly(tmp_path, aiodict_file, otp_expiry):
     dest = str(tmp_path / "out" / "store.json")
     calls = []
     n = import_file(aiodict_file, dest, progress=lambda done, total: calls.append((done, total)))
@@ -208,7 +213,7 @@ def test_import_aiodict_file_keeps_expiry_times_exactly(tmp_path, aiodict_file):
         assert {k: db[k] for k in VALUES} == VALUES
         assert db["otp"] == "918273"
     doc = json.loads(open(dest).read())
-    assert doc["data"]["otp"]["expires_at"] == NOW + 600.25  # exactly
+    assert doc["data"]["otp"]["expires_at"] == otp_expiry  # exactly
     assert doc["data"]["admin_id"]["expires_at"] is None
 
 

@@ -336,6 +336,7 @@ def _syscall_kills(tmp_path: Path, names: list[str], rounds: list[int], *,
                 d.mkdir()
                 store = d / "db.json"
                 live = LogKV(str(store), durability="os", compact_on_close=False) if survivor else None
+                ro = LogKV(str(store), read_only=True) if survivor else None
                 try:
                     rc, lines, err = _hooked_run(
                         tmp_path, store, k, when, names, rnd,
@@ -350,9 +351,17 @@ def _syscall_kills(tmp_path: Path, names: list[str], rounds: list[int], *,
                         except Exception as exc:  # noqa: BLE001
                             failures.append(f"{tag}: the surviving writer failed: {type(exc).__name__}: {exc}")
                             continue
+                        # a reader that was open all along follows, too
+                        assert ro is not None
+                        seen = (ro.get("survivor4"), ro.get("counter"))
+                        if seen != (4, live.get("counter")):
+                            failures.append(f"{tag}: a read-only store open all along sees {seen}, "
+                                            f"expected (4, {live.get('counter')})")
                 finally:
                     if live is not None:
                         live.close()
+                    if ro is not None:
+                        ro.close()
                 if rc != -signal.SIGKILL:
                     failures.append(f"{tag}: child exited {rc} instead of dying: {err[-1500:]}")
                     continue

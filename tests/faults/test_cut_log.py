@@ -375,3 +375,35 @@ def test_damaged_record_followed_by_torn_tail_is_still_an_error(tmp_path):
         LogKV(str(p))
     assert ei.value.offset == offset
     assert _disk_files(p.parent) == before
+
+
+def test_update_and_clear_are_one_record_each_and_all_or_nothing(tmp_path):
+    """CONTRACT §4.4: `update` and `clear` are batches too."""
+    d = tmp_path / "src"
+    d.mkdir()
+    p = d / "db.json"
+    with LogKV(str(p), compact_on_close=False) as db:
+        db.mset({"a": 1, "b": 2, "c": 3})
+        db.update({"u1": "x", "u2": "y", "a": 10})
+        db.clear()
+        db.set("z", 26)
+    wal = (d / "db.json.wal").read_bytes()
+    header_end, recs = _records(wal)
+    assert len(recs) == 4, [r[2]["o"] for r in recs]
+    states = [{}]
+    for _, _, rec in recs:
+        nxt = dict(states[-1])
+        _apply(nxt, rec["o"])
+        states.append(nxt)
+    assert states[-1] == {"z": 26}
+    for idx in (1, 2):  # the update record, the clear record
+        start, end, _ = recs[idx]
+        for cut in range(start + 1, end):
+            case = tmp_path / f"c{idx}-{cut}"
+            case.mkdir()
+            if p.exists():
+                shutil.copyfile(p, case / "db.json")
+            (case / "db.json.wal").write_bytes(wal[:cut])
+            with LogKV(str(case / "db.json"), compact_on_close=False) as db:
+                assert dict(db.items()) == states[idx], f"cut at {cut} inside record {idx}"
+                assert db.stats()["dropped_tail_bytes"] == cut - start

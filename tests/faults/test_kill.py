@@ -50,7 +50,7 @@ def out(s):
     os.write(1, (s + "\n").encode())
 
 db = LogKV(path, durability=durability)
-if compact_every and "pad%d" % (PAD - 1) not in db:
+if compact_every > 0 and "pad%d" % (PAD - 1) not in db:
     db.mset({"pad%d" % j: "x" * 40 for j in range(PAD)})
     out("P")
 out("READY")
@@ -80,10 +80,16 @@ while True:
         out("m " + g)
         db.mset({g + ":a": i, g + ":b": i, g + ":c": i})
         out("M " + g)
-    if compact_every and i % compact_every == 0:
+    if compact_every > 0 and i % compact_every == 0:
         out("C")
         db.compact()
         out("c")
+    elif compact_every < 0 and i % -compact_every == 0:
+        # close (which compacts) and reopen, over and over
+        out("X")
+        db.close()
+        db = LogKV(path, durability=durability)
+        out("x")
 '''.replace("PAD", str(PAD))
 
 
@@ -152,12 +158,12 @@ class Child:
 
 
 def _run_once(tmp_path: Path, store: Path, durability: str, run: str, rng: random.Random,
-              *, compact_kill: bool) -> list[str]:
+              *, compact_kill: bool, cycle: bool = False) -> list[str]:
     script = tmp_path / "writer.py"
     if not script.exists():
         script.write_text(WRITER)
     kill_on_compact = (rng.randint(1, 3), rng.uniform(0.0, 0.003)) if compact_kill else None
-    compact_every = 3 if compact_kill else 0
+    compact_every = 3 if compact_kill else (-4 if cycle else 0)
     child = Child(script, [str(store), durability, run, str(compact_every)],
                   tmp_path / f"stderr-{run}.txt", kill_on_compact)
     if not child.ready.wait(60) or "READY" not in child.lines:
@@ -277,19 +283,21 @@ class Verifier:
         return state
 
 
-def _soak(tmp_path: Path, durability: str, time_kills: int, compact_kills: int, seed: int) -> None:
+def _soak(tmp_path: Path, durability: str, time_kills: int, compact_kills: int, seed: int,
+          cycle_kills: int = 0) -> None:
     rng = random.Random(seed)
     store = tmp_path / "db.json"
     ver = Verifier()
     landed_in_compaction = 0
-    plan = ["time"] * time_kills + ["compact"] * compact_kills
+    plan = ["time"] * time_kills + ["compact"] * compact_kills + ["cycle"] * cycle_kills
     rng.shuffle(plan)
     attempts = 0
     r = 0
     while r < len(plan) or (compact_kills and landed_in_compaction == 0 and attempts < 10):
         kind = plan[r] if r < len(plan) else "compact"
         run = f"r{r}"
-        lines = _run_once(tmp_path, store, durability, run, rng, compact_kill=(kind == "compact"))
+        lines = _run_once(tmp_path, store, durability, run, rng, compact_kill=(kind == "compact"),
+                          cycle=(kind == "cycle"))
         tag = f"durability={durability} seed={seed} run={run} kill={kind} last lines={lines[-4:]}"
         ver.check(store, lines, tag)
         if kind == "compact":
@@ -310,6 +318,14 @@ def _soak(tmp_path: Path, durability: str, time_kills: int, compact_kills: int, 
 def test_kill9_loses_no_acknowledged_write(tmp_path, durability):
     seed = random.randrange(1 << 30)
     _soak(tmp_path, durability, time_kills=4, compact_kills=0, seed=seed)
+
+
+@pytest.mark.parametrize("durability", MODES)
+def test_kill9_while_closing_and_reopening(tmp_path, durability):
+    """The writer closes (compact_on_close) and reopens every few writes: kills
+    land in close(), in the compaction it runs, and in open()'s recovery."""
+    seed = random.randrange(1 << 30)
+    _soak(tmp_path, durability, time_kills=0, compact_kills=0, cycle_kills=3, seed=seed)
 
 
 @pytest.mark.parametrize("durability", MODES)
@@ -368,7 +384,7 @@ def test_kill9_one_of_two_writers_soak(tmp_path, durability):
 @pytest.mark.parametrize("durability", MODES)
 def test_kill9_soak(tmp_path, durability):
     seed = random.randrange(1 << 30)
-    _soak(tmp_path, durability, time_kills=15, compact_kills=10, seed=seed)
+    _soak(tmp_path, durability, time_kills=15, compact_kills=10, cycle_kills=10, seed=seed)
 
 
 # --------------------------------------------------------------------------- death inside an append
@@ -419,7 +435,7 @@ for i in range(1, 1000):
 @pytest.mark.parametrize("durability", ["always", "interval", "os"])
 @pytest.mark.parametrize("how", ["half", "whole"])
 @pytest.mark.parametrize("k", [5, 6], ids=["set", "mset"])
-@pytest.mark.parametrize("others", ["alone", "survivors"])
+@pytest.mark.parametrize("others", ["alone", "survivors", "reader-first"])
 def test_writer_dies_inside_its_append(tmp_path, durability, how, k, others):
     """A writer is killed inside its append (the bytes are in the file, the call
     never returned). With other processes still open (design.md §7: the next
@@ -472,6 +488,19 @@ def test_writer_dies_inside_its_append(tmp_path, durability, how, k, others):
         check(dict(ro.items()), "read-only reader after the survivor's writes")
         survivor.close()
         ro.close()
+    if others == "reader-first":
+        # a read-only store opens first (it may not cut anything), then a
+        # writer that is therefore not alone must still get rid of the bytes
+        ro = LogKV(str(store), read_only=True)
+        try:
+            check(dict(ro.items()), "read-only opened after the death")
+            with LogKV(str(store), durability=durability, compact_on_close=False) as w2:
+                check(dict(w2.items()), "writer opened beside the reader")
+                w2.set("after2", "x")
+            assert ro.get("after2") == "x"
+            check(dict(ro.items()), "read-only after the writer's write")
+        finally:
+            ro.close()
     with LogKV(str(store), compact_on_close=False) as db:
         state = dict(db.items())
         check(state, "reopen")
@@ -479,6 +508,8 @@ def test_writer_dies_inside_its_append(tmp_path, durability, how, k, others):
             assert db.stats()["dropped_tail_bytes"] == line_len // 2
         if others == "survivors":
             assert state.get("after") == 1 and state.get("after2") == "x"
+        if others == "reader-first":
+            assert state.get("after2") == "x"
         db.incr("after")
     with LogKV(str(store)) as db:
         check(dict(db.items()), "second reopen")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import random
 import subprocess
 import sys
 import threading
@@ -45,6 +44,8 @@ if mode == "serve":
         try:
             if name == "contains":
                 res = args[0] in db
+            elif name == "len":
+                res = len(db)
             elif name == "state":
                 res = dict(db.items())
             elif name == "delitem":
@@ -99,6 +100,12 @@ elif mode == "tx_rmw":
             db["b"] = b + 1
             db["tx_log"] = (db.get("tx_log") or 0) + 1
     out("ok")
+elif mode == "setdefault_extend":
+    n, wid = int(rest[0]), rest[1]
+    won = db.setdefault("winner", wid)
+    for i in range(n):
+        db.extend("ext", ["%s:%d:a" % (wid, i), "%s:%d:b" % (wid, i)])
+    out(won)
 elif mode == "compactor":
     n = int(rest[0])
     for i in range(n):
@@ -256,6 +263,27 @@ def test_incr_and_append_from_four_processes_soak(tmp_path, opts):
 
 
 @pytest.mark.parametrize("opts", DURABILITIES)
+def test_setdefault_and_extend_across_processes(tmp_path, opts):
+    """CONTRACT §4.10 names setdefault and extend among the atomic calls: one
+    process wins setdefault and all see its value; each extend lands whole
+    (its two items next to each other) and none is lost."""
+    store = tmp_path / "db.json"
+    n, procs = 150, 4
+    workers = [Worker(tmp_path, "setdefault_extend", store, opts, str(n), f"w{j}") for j in range(procs)]
+    results = _run_group(workers)
+    assert len(set(results)) == 1, f"setdefault returned different winners: {results}"
+    with LogKV(str(store)) as db:
+        assert db["winner"] == results[0]
+        ext = db["ext"]
+    assert len(ext) == 2 * n * procs, f"{len(ext)} items, expected {2 * n * procs}"
+    for i in range(0, len(ext), 2):
+        assert ext[i].endswith(":a") and ext[i + 1] == ext[i][:-1] + "b", (
+            f"an extend was split or interleaved at index {i}: {ext[i:i + 2]}"
+        )
+    assert sorted(ext) == sorted(f"w{j}:{i}:{s}" for j in range(procs) for i in range(n) for s in "ab")
+
+
+@pytest.mark.parametrize("opts", DURABILITIES)
 def test_pop_each_key_exactly_once(tmp_path, opts):
     store = tmp_path / "db.json"
     keys = [f"job:{i}" for i in range(400)]
@@ -340,6 +368,13 @@ def test_write_returned_in_a_is_seen_by_read_started_after_in_b(tmp_path, opts, 
                 a.call("delitem", "k")
                 assert b.call("contains", "k") is False
                 assert b.call("get", "k", "gone") == "gone"
+            if i == 20:
+                a.call("update", {"u1": 1, "u2": 2})
+                assert b.call("mget", ["u1", "u2"]) == [1, 2]
+                a.call("clear")
+                assert b.call("len") == 0 and b.call("get", "u1") is None
+                a.call("set", "seed", 0)
+                a.call("set", "lst", list(range(i + 1)))
             if i % 10 == 9:
                 a.call("compact")  # B must follow the log's rotation
                 a.call("set", "after-compact", i)
@@ -425,6 +460,13 @@ def test_read_only_on_missing_path_creates_no_file(tmp_path):
     finally:
         db.close()
     assert os.listdir(tmp_path) == [], os.listdir(tmp_path)
+    # nor the folder it would live in
+    db = LogKV(str(tmp_path / "no" / "such" / "db.json"), read_only=True)
+    try:
+        assert len(db) == 0
+    finally:
+        db.close()
+    assert os.listdir(tmp_path) == []
 
 
 def test_read_only_on_a_foreign_file_creates_no_file(tmp_path):
