@@ -83,6 +83,18 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_mark_forked)
 
 
+class _NeedLock(Exception):
+    """An unlocked (optimistic) load met a state only the lock holder may settle."""
+
+
+def _ident(st: os.stat_result | None) -> tuple | None:
+    """What tells one snapshot file from another (a rename gives a new inode;
+    a rewrite in place changes size or mtime)."""
+    if st is None:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 class _Overlay:
     """A transaction's writes, visible only to the thread that owns it."""
 
@@ -211,12 +223,18 @@ class Engine:
         self.coord = Coordinator(self.fs, path, read_only=read_only, timeout=lock_timeout)
         self._lock_fd = self.coord.lock_fd
         self._words: Any = self.coord.words if self.coord.words is not None else _StatWords(self.wal_path)
+        self._snap_ident: tuple | None = None
         try:
-            self.coord.lock()
-            try:
-                self._open_files(rebuild=self.coord.alone)
-            finally:
-                self.coord.unlock()
+            words = self._words
+            if (not self.coord.alone and self.coord.words is not None
+                    and words[W_MAGIC] == MAGIC and not words[W_WRITER]):
+                self._open_optimistically()
+            else:
+                self.coord.lock()
+                try:
+                    self._open_files(rebuild=self.coord.alone)
+                finally:
+                    self.coord.unlock()
             self.coord.share_liveness()
         except BaseException:
             self._release_files()
@@ -227,7 +245,32 @@ class Engine:
             self._flusher.start()
 
     # ------------------------------------------------------------------ loading
-    def _open_files(self, *, rebuild: bool) -> None:
+    def _open_optimistically(self) -> None:
+        """Other processes have the store open: load the snapshot and the
+        committed log without the write lock (a large store takes seconds to
+        parse, and writers must not wait that long), then take the lock and
+        catch up. If the files changed under the load (a compaction rotated
+        the log, another program replaced the snapshot), load again under the
+        lock."""
+        words = self._words
+        gen = words[W_GEN]
+        try:
+            self._open_files(rebuild=False, locked=False)
+            loaded = True
+        except (_NeedLock, CorruptionError, OSError):
+            loaded = False  # decide under the lock, where the files hold still
+        self.coord.lock()
+        try:
+            if (loaded and words[W_GEN] == gen and not words[W_WRITER]
+                    and _ident(self.fs.stat(self.path)) == self._snap_ident):
+                self.log_gen = gen
+                self._catch_up_locked()
+            else:
+                self._open_files(rebuild=False)
+        finally:
+            self.coord.unlock()
+
+    def _open_files(self, *, rebuild: bool, locked: bool = True) -> None:
         """Load snapshot + log into memory. Caller holds the write lock.
 
         ``rebuild``: this process is the only one with the store open (or the
@@ -240,19 +283,23 @@ class Engine:
         was_enabled = gc.isenabled()
         gc.disable()
         try:
-            self._load_files(rebuild=rebuild)
+            self._load_files(rebuild=rebuild, locked=locked)
         finally:
             if was_enabled:
                 gc.enable()
 
-    def _load_files(self, *, rebuild: bool) -> None:
+    def _load_files(self, *, rebuild: bool, locked: bool) -> None:
         words = self._words
         writable = not self.read_only
         if writable and (words[W_MAGIC] != MAGIC or words[W_WRITER]):
             # Not initialised, or a writer or compactor died mid-step: the
             # files are the truth (we hold the write lock).
             rebuild = True
+        before = _ident(self.fs.stat(self.path))
         snap = load_snapshot(self.fs, self.path)
+        self._snap_ident = _ident(self.fs.stat(self.path))
+        if self._snap_ident != before:
+            raise _NeedLock  # replaced while read (only possible without the lock)
         self.data, self.exp = snap.data, snap.expiries
         deser = self.codec.deserializer
         if deser is not None:
@@ -266,6 +313,8 @@ class Engine:
         if self.log is not None:
             self._retire_log()
         if self.fs.stat(self.wal_path) is None:
+            if writable and not locked:
+                raise _NeedLock
             if writable:
                 self._new_log(snap.log_id or secrets.token_hex(16), snap.seq, snap.fingerprint)
             else:
@@ -278,13 +327,15 @@ class Engine:
         assert self.log is not None
         size = self.log.size()
         committed = size if (rebuild or self.read_only or self.coord.words is None) else words[W_END]
-        if not rebuild and writable and size > committed:
+        if not rebuild and writable and locked and size > committed:
             # A writer died between write(2) and publishing its record.
             self.log.truncate(committed)
             words[W_WRITER] = 0
             size = committed
         buf = self.log.read(0, min(size, committed))
         if not buf:
+            if writable and not locked:
+                raise _NeedLock
             if writable:  # an empty file: a crash while it was created
                 self._retire_log()
                 self._new_log(snap.log_id or secrets.token_hex(16), snap.seq, snap.fingerprint)

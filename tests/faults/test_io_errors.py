@@ -325,8 +325,11 @@ def test_compaction_fault(fast_tmp, kind: str, persistent: bool, capsys) -> None
             except OSError as exc:
                 errors.add(type(exc).__name__)
             else:
-                # Only a failed link may be absorbed (the .bak falls back to a copy).
-                assert kind == "link", f"{kind} fault {n}: compaction reported no error"
+                # Only a failed link may be absorbed (the .bak falls back to a
+                # copy), and a one-off failed open while loading without the
+                # lock (the load is simply done again under the lock).
+                assert kind == "link" or (kind == "open" and not persistent), \
+                    f"{kind} fault {n}: compaction reported no error"
             fs.heal()
             assert db.copy() == model, f"{kind} fault {n}: memory changed"
             assert reopen_state(path) == model, f"{kind} fault {n}: the disk lost something"
