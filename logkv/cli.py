@@ -236,6 +236,48 @@ def cmd_delete(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------------------- import / export
+def _count_progress(verb: str) -> Callable[[int, int], None] | None:
+    if not sys.stderr.isatty():
+        return None
+
+    def progress(done: int, total: int) -> None:
+        pct = 100 * done // total if total else 100
+        end = "\n" if done >= total else ""
+        print(f"\rlogkv {verb}: {done}/{total} keys ({pct}%)", end=end, file=sys.stderr,
+              flush=True)
+
+    return progress
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from ._convert import import_file
+
+    if not os.path.exists(args.src):
+        _err(f"{args.src}: no such file")
+        return EXIT_USAGE
+    try:
+        n = import_file(args.src, args.dest, progress=_count_progress("import"))
+    except FileExistsError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    print(f"imported {n} keys from {args.src} into {args.dest}")
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ._convert import export_file
+
+    _require_store(args.path)
+    if args.out is None or args.out == "-":
+        n = export_file(args.path, sys.stdout.buffer, progress=_count_progress("export"))
+        sys.stdout.buffer.write(b"\n")
+        return EXIT_OK
+    n = export_file(args.path, args.out, progress=_count_progress("export"))
+    print(f"exported {n} keys from {args.path} to {args.out}")
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------------------- recover
 def cmd_recover(args: argparse.Namespace) -> int:
     path = args.path
@@ -504,6 +546,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--acks", type=int, default=300, metavar="N",
                    help="acknowledged writes to wait for before the kill (default 300)")
     p.set_defaults(func=cmd_demo)
+
+    p = add("import", "copy an aiodict, pickleDB or plain JSON file into a new store",
+            "Read SRC — an aiodict file, a pickleDB JSON file, a pickleDB SQLite database "
+            "or any plain JSON object — and write it into a new logkv store at DEST "
+            "(expiry times kept). DEST must not exist yet. Shows progress on a terminal.")
+    p.add_argument("src", metavar="SRC")
+    p.add_argument("dest", metavar="DEST", help="the new store's snapshot file")
+    p.set_defaults(func=cmd_import)
+
+    p = add("export", "write the live state as one plain JSON object",
+            "Write every live key of the store at PATH and its value as one plain JSON "
+            "object to OUT (atomically), or to standard output when OUT is omitted or '-'. "
+            "Expiry times are not kept; expired keys are left out.")
+    p.add_argument("path", metavar="PATH", help="the store's snapshot file")
+    p.add_argument("out", metavar="OUT", nargs="?", default=None)
+    p.set_defaults(func=cmd_export)
     return parser
 
 

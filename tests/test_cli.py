@@ -412,3 +412,32 @@ def test_demo(tmp_path):
     m = re.search(r"counter = (\d+), last acknowledged = (\d+)", out)
     assert m and int(m.group(2)) >= 300 and int(m.group(2)) <= int(m.group(1)) <= int(m.group(2)) + 1
     assert os.listdir(tmp_path) == []  # everything happened in a temporary folder
+
+
+# ---------------------------------------------------------------------------- import / export
+def test_import_then_export_round_trip(tmp_path):
+    src = tmp_path / "pickle.json"
+    src.write_text(json.dumps({"a": 1, "big": 2**70, "nested": {"value": 3}}))
+    dest = str(tmp_path / "db.json")
+    r = run("import", str(src), dest)
+    assert r.returncode == 0, r.stderr
+    assert "imported 3 keys" in r.stdout
+    with LogKV(dest, read_only=True) as db:
+        assert db.copy() == {"a": 1, "big": 2**70, "nested": {"value": 3}}
+    out = tmp_path / "out.json"
+    r = run("export", dest, str(out))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(out.read_text()) == {"a": 1, "big": 2**70, "nested": {"value": 3}}
+    r = run("export", dest)
+    assert json.loads(r.stdout) == {"a": 1, "big": 2**70, "nested": {"value": 3}}
+
+
+def test_import_refuses_an_existing_destination(tmp_path):
+    src = tmp_path / "pickle.json"
+    src.write_text('{"a": 1}')
+    dest = tmp_path / "db.json"
+    dest.write_text('{"keep": true}')
+    r = run("import", str(src), str(dest))
+    assert r.returncode == 2
+    assert "already exists" in r.stderr
+    assert dest.read_text() == '{"keep": true}'
