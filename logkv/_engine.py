@@ -36,6 +36,10 @@ LOCK_EX_NB = LOCK_EX | LOCK_NB
 MISSING: Any = object()
 _ABSENT: Any = object()
 DURABILITY_MODES = ("always", "interval", "os")
+# What opening does with a log damaged in the middle (RocksDB's WAL recovery
+# modes): refuse (the default; a torn tail is always dropped), keep every
+# valid record, or keep the records before the first damaged one.
+RECOVERY_MODES = ("tolerate_tail", "skip_corrupted", "point_in_time")
 # Above this many bytes of snapshot + log, compaction runs in a child process
 # so that this process's threads are not held up by the parse and the dump.
 CHILD_COMPACTION_BYTES = 8 << 20
@@ -150,7 +154,8 @@ class Engine:
                  cleanup_expired_on_load: bool = True, lock_timeout: float | None = 10.0,
                  indent: int | None = None, sort_keys: bool = False, read_only: bool = False,
                  auto_compact: bool = True, auto_compact_min_size: int = 4 << 20,
-                 auto_compact_percentage: int = 100, fs: FileSystem | None = None) -> None:
+                 auto_compact_percentage: int = 100, recovery: str = "tolerate_tail",
+                 fs: FileSystem | None = None) -> None:
         if durability not in DURABILITY_MODES:
             raise ValueError(f"durability must be one of {DURABILITY_MODES}, not {durability!r}")
         if autosave_delay < 0:
@@ -220,10 +225,35 @@ class Engine:
 
         if not read_only:
             os.makedirs(self.folder, exist_ok=True)
-        self.coord = Coordinator(self.fs, path, read_only=read_only, timeout=lock_timeout)
-        self._lock_fd = self.coord.lock_fd
-        self._words: Any = self.coord.words if self.coord.words is not None else _StatWords(self.wal_path)
+        self.lock_timeout = lock_timeout
+        self.coord: Coordinator
+        self._lock_fd = -1
+        self._words: Any = None
         self._snap_ident: tuple | None = None
+        if recovery not in RECOVERY_MODES:
+            raise ValueError(f"recovery must be one of {RECOVERY_MODES}, not {recovery!r}")
+        self.recovery = recovery
+        self.salvaged: Any = None  # the SalvageReport when a recovery policy acted at open
+        try:
+            self._open_store()
+        except CorruptionError as exc:
+            if recovery == "tolerate_tail" or isinstance(exc, LogMismatchError) \
+                    or exc.path != self.wal_path:
+                raise
+            self._salvage_at_open(exc)
+        if durability == "interval" and not read_only:
+            self._flusher = threading.Thread(target=self._flusher_loop, name="logkv-flusher",
+                                             daemon=True)
+            self._flusher.start()
+
+    def _open_store(self, *, salvage: str | None = None) -> None:
+        """Map the shared page and load the store (after a failure nothing is held)."""
+        self.coord = Coordinator(self.fs, self.path, read_only=self.read_only,
+                                 timeout=self.lock_timeout)
+        self._lock_fd = self.coord.lock_fd
+        self._words = self.coord.words if self.coord.words is not None \
+            else _StatWords(self.wal_path)
+        self._salvage_policy = salvage
         try:
             words = self._words
             if (not self.coord.alone and self.coord.words is not None
@@ -239,10 +269,24 @@ class Engine:
         except BaseException:
             self._release_files()
             raise
-        if durability == "interval" and not read_only:
-            self._flusher = threading.Thread(target=self._flusher_loop, name="logkv-flusher",
-                                             daemon=True)
-            self._flusher.start()
+
+    def _salvage_at_open(self, exc: CorruptionError) -> None:
+        """The log is damaged in the middle and ``recovery`` says to salvage
+        (design §3, recovery policies). Read-only: apply what the policy keeps,
+        in memory only. Otherwise: rewrite the store as `logkv recover` does
+        (damaged bytes moved aside, nothing deleted), then open it."""
+        log.warning("%s: %s; salvaging with recovery=%r", self.path, exc, self.recovery)
+        if self.read_only:
+            self._open_store(salvage=self.recovery)
+            return
+        from ._recover import recover_store
+
+        report = recover_store(self.path, fs=self.fs, policy=self.recovery)
+        log.warning("%s: kept %d records, dropped %d (%d bytes moved aside to %s)", self.path,
+                    report.applied, len(report.dropped), report.damaged_bytes,
+                    report.damaged_file)
+        self.salvaged = report
+        self._open_store()
 
     # ------------------------------------------------------------------ loading
     def _open_optimistically(self) -> None:
@@ -345,6 +389,9 @@ class Engine:
                 self.log_gen = words[W_GEN]
                 self._finish_open(snap, rebuild=False)
             return
+        if self._salvage_policy is not None:
+            self._load_salvaged(snap, buf)
+            return
         header = parse_header(buf, self.wal_path)
         start = replay_start(snap.log_id, snap.seq, snap.fingerprint, header,
                              buf.find(b"\n", header.end) >= 0, self.wal_path, self.path)
@@ -393,6 +440,28 @@ class Engine:
         if self.cleanup_expired_on_load and self.exp:
             self._drop_expired()
         self._set_compact_threshold()
+
+    def _load_salvaged(self, snap: Snapshot, buf: bytes) -> None:
+        """Read-only open of a damaged log: apply the records the recovery
+        policy keeps (the files are not touched)."""
+        from ._recover import salvage_log
+
+        report = salvage_log(buf, self.wal_path, self._salvage_policy or "skip_corrupted")
+        self.salvaged = report
+        header = report.header
+        if header is None:
+            raise CorruptionError(f"{self.wal_path}: the log header is damaged; run `logkv "
+                                  "recover`", path=self.wal_path, offset=0)
+        start = replay_start(snap.log_id, snap.seq, snap.fingerprint, header,
+                             bool(report.records), self.wal_path, self.path)
+        recs = [{"s": seq, "o": ops} for seq, ops in report.records]
+        self.recovered_records = self._apply_records(recs, start, buf, header.end, 0)
+        self.wal_records = len(recs)
+        self.log_id = header.log_id
+        # Everything read was either kept or dropped: catching up starts after it.
+        self.log_end = len(buf)
+        self.seq = max(snap.seq, report.last_seq or 0)
+        self._finish_open(snap, rebuild=False)
 
     def _replay(self, buf: bytes, header: LogHeader, start: int) -> int:
         """Apply the records of the log ``buf`` with sequence > ``start``; return the last seq."""

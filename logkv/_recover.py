@@ -379,14 +379,15 @@ def _read_start(fs: FileSystem, path: str, bak: str, from_backup: bool
 
 def recover_store(path: str, *, from_backup: bool = False, apply_log: bool = False,
                   progress: Callable[[str], None] | None = None,
-                  fs: FileSystem = DEFAULT_FS) -> RecoverReport:
+                  fs: FileSystem = DEFAULT_FS, policy: str = "skip_corrupted") -> RecoverReport:
     """Salvage the store at ``path``, under its lock; refused (LogKVError)
     while another process has it open.
 
     Reads the snapshot (``PATH.bak`` instead when it is damaged and
     ``from_backup`` is true; otherwise a damaged snapshot is a LogKVError and
     nothing is touched) and every valid log record, skipping damaged lines
-    (:func:`salvage_log`, ``"skip_corrupted"``). When the log does not belong
+    (:func:`salvage_log` with ``policy``: ``"skip_corrupted"`` keeps every
+    valid record, ``"point_in_time"`` stops at the first damaged one). When the log does not belong
     to the snapshot (design.md §5) its records are applied only with
     ``apply_log``. Keeps the damaged bytes in ``PATH.damaged-<date>``, the old
     log in ``PATH.wal.recovered-<date>``, the previous backup in
@@ -413,7 +414,7 @@ def recover_store(path: str, *, from_backup: bool = False, apply_log: bool = Fal
         # 2. the log, every line of it
         say("reading the log")
         buf = fs.read_file(wal) or b""
-        salvage = salvage_log(buf, wal, "skip_corrupted")
+        salvage = salvage_log(buf, wal, policy)
         header = salvage.header
         valid = salvage.records
 
