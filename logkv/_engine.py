@@ -23,8 +23,8 @@ from ._errors import (ClosedError, CorruptionError, LogKVError, LogMismatchError
 from ._fs import DEFAULT_FS, FileSystem
 from ._lock import (MAGIC, W_COMPACTIONS, W_END, W_GEN, W_LAST_COMPACTION_MS, W_MAGIC, W_SEQ,
                     W_SNAPSHOT_SIZE, W_WRITER, Coordinator)
-from ._log import (LogFile, LogHeader, decode_records, locate_record, parse_header,
-                   replay_start)
+from ._log import (LogFile, LogHeader, apply_ops, decode_records, locate_record,
+                   parse_header, replay_start)
 from ._record import (OP_CLEAR, RecordError, ValueCodec, build_header, build_line,
                       build_set_line, op_delete,
                       op_expire, op_set, validate_op)
@@ -256,8 +256,9 @@ class Engine:
         self._salvage_policy = salvage
         try:
             words = self._words
-            if (not self.coord.alone and self.coord.words is not None
-                    and words[W_MAGIC] == MAGIC and not words[W_WRITER]):
+            # (W_WRITER is not looked at here: without the lock it is set for
+            # a moment by every live writer's append.)
+            if not self.coord.alone and self.coord.words is not None and words[W_MAGIC] == MAGIC:
                 self._open_optimistically()
             else:
                 self.coord.lock()
@@ -300,6 +301,13 @@ class Engine:
         gen = words[W_GEN]
         try:
             self._open_files(rebuild=False, locked=False)
+            # Records written meanwhile: read them unlocked too, until what is
+            # left for the locked catch-up is small.
+            for _round in range(4):
+                end = words[W_END]
+                if words[W_GEN] != gen or end - self.log_end < 65536 or self.log is None:
+                    break
+                self._apply_tail(self.log.read(self.log_end, end), self.log_end)
             loaded = True
         except (_NeedLock, CorruptionError, OSError):
             loaded = False  # decide under the lock, where the files hold still
@@ -335,7 +343,10 @@ class Engine:
     def _load_files(self, *, rebuild: bool, locked: bool) -> None:
         words = self._words
         writable = not self.read_only
-        if writable and (words[W_MAGIC] != MAGIC or words[W_WRITER]):
+        if not locked:
+            if words[W_MAGIC] != MAGIC:
+                raise _NeedLock
+        elif writable and (words[W_MAGIC] != MAGIC or words[W_WRITER]):
             # Not initialised, or a writer or compactor died mid-step: the
             # files are the truth (we hold the write lock).
             rebuild = True
@@ -570,8 +581,6 @@ class Engine:
     # -------------------------------------------------------------- applying
     def _apply_disk_ops(self, ops: list) -> None:
         """Apply ops read from the log (values pass through the deserializer)."""
-        data, exp = self.data, self.exp
-        deser = self.codec.deserializer
         for op in ops:
             validate_op(op)
         pending = self._pending
@@ -581,29 +590,9 @@ class Engine:
             if self._pending_clear:
                 return
             ops = [op for op in ops if op[0] == "c" or op[1] not in pending]
-        for op in ops:
-            kind = op[0]
-            if kind == "s":
-                key = op[1]
-                data[key] = op[2] if deser is None else deser(op[2])
-                if op[3] is None:
-                    exp.pop(key, None)
-                else:
-                    exp[key] = float(op[3])
-            elif kind == "d":
-                data.pop(op[1], None)
-                exp.pop(op[1], None)
-            elif kind == "e":
-                if op[1] in data:
-                    if op[2] is None:
-                        exp.pop(op[1], None)
-                    else:
-                        exp[op[1]] = float(op[2])
-            else:
-                data.clear()
-                exp.clear()
-                if pending:
-                    self._reapply_pending()
+        apply_ops(self.data, self.exp, ops, self.codec.deserializer)
+        if pending and any(op[0] == "c" for op in ops):
+            self._reapply_pending()
 
     def _apply_entries(self, items: Iterable[tuple[str, Entry]], clear: bool) -> None:
         """Apply staged entries to memory. Caller holds self.lock."""

@@ -124,6 +124,33 @@ def iter_records(buf: bytes, start: int, prev_seq: int, path: str,
         pos = nl + 1
 
 
+def apply_ops(data: dict[str, Any], exp: dict[str, float], ops: list,
+              deserializer: Any = None) -> None:
+    """Apply checked operations (post-images) to a key->value dict and a
+    key->expiry dict: what replaying a record means."""
+    for op in ops:
+        kind = op[0]
+        if kind == "s":
+            key = op[1]
+            data[key] = op[2] if deserializer is None else deserializer(op[2])
+            if op[3] is None:
+                exp.pop(key, None)
+            else:
+                exp[key] = float(op[3])
+        elif kind == "d":
+            data.pop(op[1], None)
+            exp.pop(op[1], None)
+        elif kind == "e":
+            if op[1] in data:
+                if op[2] is None:
+                    exp.pop(op[1], None)
+                else:
+                    exp[op[1]] = float(op[2])
+        else:
+            data.clear()
+            exp.clear()
+
+
 def decode_records(buf: bytes, start: int, prev_seq: int, path: str,
                    base_offset: int = 0) -> tuple[list[dict[str, Any]], int]:
     """All whole records of ``buf[start:]`` as decoded dicts, and the file

@@ -31,7 +31,7 @@ from typing import Any, Callable, NamedTuple
 
 from ._errors import CorruptionError, LogKVError, LogMismatchError
 from ._fs import DEFAULT_FS, FileSystem
-from ._log import LogHeader, replay_start, walk_log
+from ._log import LogHeader, apply_ops, replay_start, walk_log
 from ._record import build_header
 from ._snapshot import Snapshot, encode_snapshot, install_snapshot, parse_snapshot, write_snapshot
 
@@ -116,30 +116,6 @@ def _require_store(path: str) -> None:
         raise FileNotFoundError(errno.ENOENT,
                                 f"no store at {path} (neither {path} nor {path}.wal exists)",
                                 path)
-
-
-def apply_ops(data: dict[str, Any], exp: dict[str, float], ops: list) -> None:
-    """The log's operations on plain dicts (as the engine replays them)."""
-    for op in ops:
-        kind = op[0]
-        if kind == "s":
-            data[op[1]] = op[2]
-            if op[3] is None:
-                exp.pop(op[1], None)
-            else:
-                exp[op[1]] = float(op[3])
-        elif kind == "d":
-            data.pop(op[1], None)
-            exp.pop(op[1], None)
-        elif kind == "e":
-            if op[1] in data:
-                if op[2] is None:
-                    exp.pop(op[1], None)
-                else:
-                    exp[op[1]] = float(op[2])
-        else:
-            data.clear()
-            exp.clear()
 
 
 # ---------------------------------------------------------------------------- verify

@@ -62,5 +62,6 @@ def test_a_writer_is_not_held_up_by_another_process_opening(tmp_path):
     assert 0 < seen <= db["counter"]
     # Held for the parse, the writer would wait about the whole open (0.5-3 s
     # here); unlocked, only for the tail read under the lock.
-    assert worst < 0.25 * took, (worst, took)
+    print(f"\nopen in another process: {took:.3f} s; this writer's worst wait {worst:.4f} s")
+    assert worst < 0.1 * took, (worst, took)
     db.close()

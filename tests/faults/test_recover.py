@@ -21,12 +21,11 @@ from pathlib import Path
 import pytest
 
 from logkv import LogKV, LogKVError
-from logkv._log import LogLine, LogWalk, walk_log
+from logkv._log import LogLine, LogWalk, apply_ops, walk_log
 from logkv._recover import (
     SALVAGE_POLICIES,
     RecoverReport,
     VerifyReport,
-    apply_ops,
     recover_store,
     salvage_log,
     verify_store,
