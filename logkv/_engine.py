@@ -91,6 +91,14 @@ class _NeedLock(Exception):
     """An unlocked (optimistic) load met a state only the lock holder may settle."""
 
 
+def _folded_seq(header: LogHeader) -> int:
+    """The snapshot sequence a rotated log names in its fingerprint ("L:S")."""
+    log_id, _, seq = header.fingerprint.rpartition(":")
+    if log_id == header.log_id and seq.isdigit():
+        return int(seq)
+    return header.base_seq
+
+
 def _ident(st: os.stat_result | None) -> tuple | None:
     """What tells one snapshot file from another (a rename gives a new inode;
     a rewrite in place changes size or mtime)."""
@@ -204,6 +212,7 @@ class Engine:
         self.log_id = ""
         self.log_gen = 0
         self.log_end = 0
+        self.folded_seq = 0  # the last sequence the snapshot on disk holds (as far as known)
         self.seq = 0
         self._shm_seen = 0
         self.wal_records = 0
@@ -433,6 +442,7 @@ class Engine:
         self._finish_open(snap, rebuild=rebuild)
 
     def _finish_open(self, snap: Snapshot, *, rebuild: bool) -> None:
+        self.folded_seq = snap.seq
         words = self._words
         if rebuild and not self.read_only:
             keep = words[W_MAGIC] == MAGIC
@@ -726,6 +736,12 @@ class Engine:
         except CorruptionError:
             new.close()
             raise
+        if header.log_id == self.log_id and header.base_seq > self.seq and self.log is not None:
+            # Behind the compaction point: the old file, still open here, holds
+            # every record up to the rotation (writers check the generation
+            # under the lock before they append), so read the rest from it
+            # rather than reload the whole snapshot.
+            self._apply_tail(self.log.read(self.log_end, self.log.size()), self.log_end)
         if header.log_id != self.log_id or header.base_seq > self.seq:
             new.close()
             self._reload_all()
@@ -734,6 +750,7 @@ class Engine:
         self.log = new
         self.log_gen = words[W_GEN]
         recs, end_off = decode_records(buf, header.end, header.base_seq, self.wal_path)
+        self.folded_seq = _folded_seq(header)
         self._wgen += 1
         try:
             self._apply_records(recs, self.seq, buf, header.end, 0)
@@ -1233,7 +1250,7 @@ class Engine:
             self._compactor.wait()
         if error is None and not self.read_only and self.compact_on_close and not self._poisoned:
             with self.lock:
-                has_records = self.wal_records > 0
+                has_records = self.seq > self.folded_seq
             if has_records or self.exp:
                 try:
                     self.compact(wait=None)

@@ -483,3 +483,31 @@ def test_read_only_on_a_foreign_file_creates_no_file(tmp_path):
         db.close()
     assert os.listdir(tmp_path) == ["db.json"]
     assert store.read_bytes() == raw
+
+
+def test_a_store_behind_a_compaction_catches_up_from_its_old_log(tmp_path):
+    """Another store compacted past records this one had not read yet: it reads
+    them from the old log file it still holds open instead of reloading the
+    whole snapshot (which would stall it for a large store)."""
+    p = str(tmp_path / "db.json")
+    a = LogKV(p, compact_on_close=False)
+    b = LogKV(p, compact_on_close=False)
+    try:
+        b["seen"] = 0  # b is current up to here
+        for i in range(50):
+            a[f"k{i}"] = i  # b has not read these
+        a.compact()  # the new log starts after all of them
+
+        def no_reload() -> None:
+            raise AssertionError("reloaded the whole snapshot")
+
+        b._e._reload_all = no_reload
+        assert b["k49"] == 49
+        assert len(b) == 51
+        b["after"] = 1
+        assert a["after"] == 1
+    finally:
+        a.close()
+        b.close()
+    with LogKV(p) as c:
+        assert len(c) == 52
