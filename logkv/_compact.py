@@ -20,10 +20,11 @@ from typing import Callable
 
 from ._errors import LogKVError, StorageError
 from ._fs import DEFAULT_FS, FileSystem
-from ._lock import (W_COMPACTIONS, W_END, W_GEN, W_LAST_COMPACTION_MS, W_SNAPSHOT_SIZE,
-                    W_WRITER)
+from ._lock import (W_COMPACTIONS, W_END, W_GEN, W_LAST_COMPACTION_MS, W_ROT_FROM, W_ROT_TO,
+                    W_SNAPSHOT_SIZE, W_WRITER)
 from ._record import ValueCodec, build_header
-from ._snapshot import encode_snapshot, install_snapshot, remove_stale_temps, write_snapshot
+from ._snapshot import (encode_snapshot, install_snapshot, remove_stale_temps, set_aside_old_backup,
+                        write_snapshot)
 
 EXIT_BUSY = 3
 
@@ -78,6 +79,7 @@ def _compact(path: str, *, create_backup: bool, indent: int | None, sort_keys: b
             snap_before = (fs.stat(path) or _Zero).st_size
             # Step 2: fix the point we fold up to, and make the log durable up
             # to it, so the snapshot is never ahead of the durable log.
+            raw.read_ahead(raw.log_gen)  # most of what arrived since the open, unlocked
             coord.lock()
             try:
                 raw._catch_up_locked()
@@ -94,38 +96,53 @@ def _compact(path: str, *, create_backup: bool, indent: int | None, sort_keys: b
             keys = len(raw.data)
             raw.data, raw.exp = {}, {}  # free memory before the next steps
             tmp = write_snapshot(fs, path, payload)
-            say("installing snapshot and rotating the log")
-            coord.lock()
+            # Step 5 prepared without the lock: the new log starts with the
+            # records written since step 2, copied as bytes (committed records
+            # never change within a log generation) and synced, so that the
+            # lock below is held only for the last few records.
+            words = raw._words
+            head = build_header(seq, log_id, f"{log_id}:{seq}")
+            copied = words[W_END]
+            new_log = path + ".wal.tmp"
+            aside = set_aside_old_backup(fs, path) if create_backup else None
+            fd = fs.open(new_log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
-                # Step 4: .bak, rename, folder fsync.
-                install_snapshot(fs, path, tmp, create_backup=create_backup)
-                # Step 5: the new log keeps only records written since step 2.
-                raw._catch_up_locked()
-                tail = raw.log.read(end, raw.log_end)
-                head = build_header(seq, log_id, f"{log_id}:{seq}")
-                new_log = path + ".wal.tmp"
-                fd = fs.open(new_log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                fs.write(fd, head + raw.log.read(end, copied))
+                fs.fsync(fd)
+                say("installing snapshot and rotating the log")
+                coord.lock()
                 try:
-                    fs.write(fd, head + tail)
-                    fs.fsync(fd)
+                    # Step 4: .bak, rename, folder fsync.
+                    install_snapshot(fs, path, tmp, create_backup=create_backup)
+                    # Step 5: the records appended since the copy, then rename.
+                    if words[W_WRITER]:
+                        raw._repair_after_dead_writer()
+                    rest = raw.log.read(copied, words[W_END])
+                    if rest:
+                        fs.write(fd, rest)
+                        fs.fsync(fd)
+                    tail_len = words[W_END] - end
+                    # Marked, so that if this process dies between the rename
+                    # and the publication below, the next lock holder notices
+                    # the new log (Engine._repair_after_dead_writer).
+                    words[W_WRITER] = os.getpid()
+                    fs.replace(new_log, path + ".wal")
+                    fs.fsync_dir(raw.folder)
+                    words[W_END] = len(head) + tail_len
+                    words[W_ROT_FROM] = end
+                    words[W_ROT_TO] = len(head)
+                    words[W_GEN] = words[W_GEN] + 1
+                    words[W_COMPACTIONS] = words[W_COMPACTIONS] + 1
+                    words[W_LAST_COMPACTION_MS] = int(time.time() * 1000)
+                    words[W_SNAPSHOT_SIZE] = len(payload)
+                    words[W_WRITER] = 0
+                    log_after = len(head) + tail_len
                 finally:
-                    fs.close(fd)
-                words = raw._words
-                # Marked, so that if this process dies between the rename and
-                # the publication below, the next lock holder notices the new
-                # log (Engine._repair_after_dead_writer).
-                words[W_WRITER] = os.getpid()
-                fs.replace(new_log, path + ".wal")
-                fs.fsync_dir(raw.folder)
-                words[W_END] = len(head) + len(tail)
-                words[W_GEN] = words[W_GEN] + 1
-                words[W_COMPACTIONS] = words[W_COMPACTIONS] + 1
-                words[W_LAST_COMPACTION_MS] = int(time.time() * 1000)
-                words[W_SNAPSHOT_SIZE] = len(payload)
-                words[W_WRITER] = 0
-                log_after = len(head) + len(tail)
+                    coord.unlock()
             finally:
-                coord.unlock()
+                fs.close(fd)
+            if aside is not None:
+                fs.unlink(aside)  # the snapshot before last, freed outside the lock
         finally:
             coord.compaction_unlock()
     finally:

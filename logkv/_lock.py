@@ -39,6 +39,12 @@ W_WRITER = 4       # pid of a writer between write(2) and publication, else 0
 W_COMPACTIONS = 5  # compactions since the page was built
 W_LAST_COMPACTION_MS = 6
 W_SNAPSHOT_SIZE = 7  # size of db.json after the last compaction
+# The last rotation copied the old log's bytes from offset ROT_FROM to its end
+# into the new log at offset ROT_TO, verbatim: a store that had read the old
+# log up to X >= ROT_FROM continues in the new one at ROT_TO + X - ROT_FROM.
+W_ROT_FROM = 8
+W_ROT_TO = 9
+NO_ROTATION = (1 << 64) - 1
 
 _F_OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", None)
 _F_OFD_SETLKW = getattr(fcntl, "F_OFD_SETLKW", None)
