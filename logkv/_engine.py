@@ -980,10 +980,16 @@ class Engine:
         words[W_WRITER] = self._pid
         try:
             end = self.log.append(line, self.log_end)
-        finally:
-            words[W_WRITER] = 0
+        except BaseException:
+            words[W_WRITER] = 0  # the append cut its bytes back
+            raise
         words[W_END] = end
         words[W_SEQ] = seq
+        # Cleared only after the publication: a writer killed between its
+        # write and this line leaves the mark, and the next lock holder cuts
+        # the unpublished record (otherwise the next record would reuse its
+        # sequence number after it, and the log would not reopen).
+        words[W_WRITER] = 0
         self.log_end = end
         self.seq = seq
         self._shm_seen = seq

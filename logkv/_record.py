@@ -102,27 +102,32 @@ def _stdlib_default(value: Any) -> Any:
     return builtin_default(value)
 
 
-def _find_nonfinite(value: Any, serializer: Callable[[Any], Any] | None, depth: int = 0) -> bool:
-    if depth > 200:
-        return False
-    t = type(value)
-    if t is float:
-        return not math.isfinite(value)
-    if t is dict:
-        return any(_find_nonfinite(v, serializer, depth + 1) for v in value.values())
-    if t is list or t is tuple:
-        return any(_find_nonfinite(v, serializer, depth + 1) for v in value)
-    if value is None or t is str or t is int or t is bool:
-        return False
-    if isinstance(value, float):
-        return not math.isfinite(value)
-    if serializer is not None:
-        try:
-            return _find_nonfinite(serializer(value), None, depth + 1)
-        except Exception:
-            return False
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _find_nonfinite(dataclasses.asdict(value), None, depth + 1)
+def _find_nonfinite(value: Any, serializer: Callable[[Any], Any] | None) -> bool:
+    """True if ``value`` holds NaN or ±Infinity anywhere (no recursion: a value
+    may nest deeper than Python's stack; orjson itself stops at 255 levels)."""
+    stack = [(value, serializer)]
+    while stack:
+        item, hook = stack.pop()
+        t = type(item)
+        if t is float:
+            if not math.isfinite(item):
+                return True
+        elif t is dict:
+            stack.extend((v, hook) for v in item.values())
+        elif t is list or t is tuple:
+            stack.extend((v, hook) for v in item)
+        elif item is None or t is str or t is int or t is bool:
+            continue
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return True
+        elif hook is not None:
+            try:
+                stack.append((hook(item), None))
+            except Exception:
+                continue
+        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+            stack.append((dataclasses.asdict(item), None))
     return False
 
 

@@ -511,3 +511,45 @@ def test_a_store_behind_a_compaction_catches_up_from_its_old_log(tmp_path):
         b.close()
     with LogKV(p) as c:
         assert len(c) == 52
+
+
+DIE_AFTER_WRITE = r"""
+import os, sys
+from logkv import LogKV
+from logkv._lock import W_END
+
+db = LogKV(sys.argv[1], compact_on_close=False)
+
+class DieAtPublication:
+    # The shared page, except that publishing the new log end kills the
+    # process: the record is in the file, its publication never happens.
+    def __init__(self, words):
+        self.words = words
+    def __getitem__(self, i):
+        return self.words[i]
+    def __setitem__(self, i, value):
+        if i == W_END:
+            os._exit(9)
+        self.words[i] = value
+
+db._e._words = DieAtPublication(db._e._words)
+db["x"] = 1
+"""
+
+
+def test_a_writer_killed_between_its_write_and_its_publication(tmp_path):
+    """The next writer must not append after the unpublished record with the
+    same sequence number (the log would then not reopen)."""
+    p = str(tmp_path / "db.json")
+    a = LogKV(p, compact_on_close=False)
+    a["before"] = 0
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    done = subprocess.run([sys.executable, "-c", DIE_AFTER_WRITE, p], env=env, timeout=60)
+    assert done.returncode == 9
+    a["y"] = 2
+    assert a["y"] == 2
+    a.close()
+    with LogKV(p) as b:
+        state = b.copy()
+    assert state.get("y") == 2 and state.get("before") == 0
+    assert state.get("x", 1) == 1  # unacknowledged: may be there or not, but whole
