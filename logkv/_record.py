@@ -97,9 +97,7 @@ def _stdlib_default(value: Any) -> Any:
         return dataclasses.asdict(value)
     if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
         return value.isoformat()
-    if isinstance(value, tuple):
-        return list(value)
-    return builtin_default(value)
+    return builtin_default(value)  # (tuples the stdlib encoder writes itself)
 
 
 def _find_nonfinite(value: Any, serializer: Callable[[Any], Any] | None) -> bool:
