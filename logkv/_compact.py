@@ -76,7 +76,7 @@ def _compact(path: str, *, create_backup: bool, indent: int | None, sort_keys: b
             return None
         try:
             remove_stale_temps(fs, path)
-            snap_before = (fs.stat(path) or _Zero).st_size
+            snap_before = fs.size(path)
             # Step 2: fix the point we fold up to, and make the log durable up
             # to it, so the snapshot is never ahead of the durable log.
             raw.read_ahead(raw.log_gen)  # most of what arrived since the open, unlocked
@@ -149,10 +149,6 @@ def _compact(path: str, *, create_backup: bool, indent: int | None, sort_keys: b
         raw.close()
     return CompactResult(snap_before, log_before, len(payload), log_after, keys, seq,
                          time.monotonic() - t0)
-
-
-class _Zero:
-    st_size = 0
 
 
 def _child_command(path: str, *, create_backup: bool, indent: int | None, sort_keys: bool,

@@ -10,7 +10,6 @@ import logging
 import os
 import secrets
 import subprocess
-import sys
 import threading
 import time
 import weakref
@@ -1250,7 +1249,7 @@ class Engine:
             raise LogKVError("compact() cannot run inside a transaction")
         # Folds what is logged; manual-mode changes stay pending (they are
         # logged only by flush(), close() or the end of a transaction).
-        size = (self.fs.stat(self.path) or _ZERO_STAT).st_size + self.log_end
+        size = self.fs.size(self.path) + self.log_end
         if self.compact_in_child or size > CHILD_COMPACTION_BYTES:
             done = run_compaction_child(self.path, create_backup=self.create_backup,
                                         indent=self.indent, sort_keys=self.sort_keys, wait=wait)
@@ -1348,9 +1347,4 @@ class Engine:
         }
 
 
-class _ZeroStat:
-    st_size = 0
-
-
-_ZERO_STAT = _ZeroStat()
 

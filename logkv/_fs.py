@@ -80,6 +80,11 @@ class FileSystem:
     def fstat(self, fd: int) -> os.stat_result:
         return os.fstat(fd)
 
+    def size(self, path: str) -> int:
+        """The file's size, 0 when it does not exist."""
+        st = self.stat(path)
+        return 0 if st is None else st.st_size
+
     def stat(self, path: str) -> os.stat_result | None:
         try:
             return os.stat(path)

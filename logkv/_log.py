@@ -41,18 +41,6 @@ class LogHeader:
     end: int  # offset just past the header line
 
 
-@dataclass
-class LogScan:
-    """What a pass over log bytes found."""
-
-    header: LogHeader | None
-    end: int  # offset just past the last whole, valid line
-    last_seq: int
-    records: int
-    torn_bytes: int
-    problems: list[tuple[int, str]] = field(default_factory=list)
-
-
 def parse_header(buf: bytes, path: str) -> LogHeader:
     nl = buf.find(b"\n")
     if nl < 0:

@@ -188,10 +188,6 @@ class ValueCodec:
         return text.encode("utf-8")
 
 
-def dumps_key(key: str) -> bytes:
-    return orjson.dumps(key)
-
-
 def _exp_bytes(expires_at: float | None) -> bytes:
     return b"null" if expires_at is None else orjson.dumps(expires_at)
 

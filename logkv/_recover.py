@@ -27,7 +27,7 @@ import os
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 from ._errors import CorruptionError, LogKVError, LogMismatchError
 from ._fs import DEFAULT_FS, FileSystem

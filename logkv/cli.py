@@ -173,22 +173,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- stats, dump
 def cmd_stats(args: argparse.Namespace) -> int:
     _require_store(args.path)
-    store = LogKV(args.path, read_only=True)
-    try:
+    with LogKV(args.path, read_only=True) as store:
         figures = store.stats()
-    finally:
-        store.close()
     _out(json.dumps(figures, indent=2, default=str))
     return EXIT_OK
 
 
 def cmd_dump(args: argparse.Namespace) -> int:
     _require_store(args.path)
-    store = LogKV(args.path, read_only=True)
-    try:
+    with LogKV(args.path, read_only=True) as store:
         state = store.copy()
-    finally:
-        store.close()
     _out(_json_bytes(state, pretty=sys.stdout.isatty()))
     return EXIT_OK
 

@@ -119,11 +119,6 @@ def test_record_validate_op_shapes():
             _record.validate_op(bad)
 
 
-def test_record_dumps_key():
-    assert _record.dumps_key('a"b') == b'"a\\"b"'
-
-
-# ---------------------------------------------------------------- _log.py
 def test_log_first_line_not_a_header():
     buf = _record.build_line(1, [_record.op_delete("k")])
     with pytest.raises(CorruptionError, match="not a log header"):
