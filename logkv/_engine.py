@@ -25,6 +25,7 @@ from ._lock import (MAGIC, NO_ROTATION, W_COMPACTIONS, W_END, W_GEN, W_LAST_COMP
                     Coordinator)
 from ._log import (LogFile, LogHeader, apply_ops, decode_records, locate_record,
                    parse_header, replay_start)
+from ._rules import MISSING
 from ._record import (OP_CLEAR, RecordError, ValueCodec, build_header, build_line,
                       build_set_line, op_delete,
                       op_expire, op_set, validate_op)
@@ -33,7 +34,6 @@ from ._snapshot import Snapshot, load_snapshot
 log = logging.getLogger("logkv")
 
 LOCK_EX_NB = LOCK_EX | LOCK_NB
-MISSING: Any = object()
 _ABSENT: Any = object()
 DURABILITY_MODES = ("always", "interval", "os")
 # What opening does with a log damaged in the middle (RocksDB's WAL recovery

@@ -3,35 +3,20 @@ arguments, results and errors. No disk logic here: everything that touches
 state goes through the engine."""
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from typing import Any, Callable
 
-from ._engine import MISSING, Engine
+from . import _rules
+from ._engine import Engine
 from ._fs import FileSystem
 from ._record import ValueCodec
+from ._rules import MISSING, NO_DEFAULT as _NO_DEFAULT, optional_expiry
 
-_NO_DEFAULT: Any = object()
 _W_SEQ = 1
 _W_GEN = 3
-
-
-def _expiry(ttl: Any) -> float:
-    """Absolute expiry for ``ttl`` seconds from now; ttl must be a number > 0."""
-    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
-        raise TypeError(f"ttl must be a number of seconds, not {type(ttl).__name__}")
-    if not ttl > 0:
-        raise ValueError("ttl must be greater than 0")
-    if not math.isfinite(ttl):
-        raise ValueError("ttl must be finite")
-    return time.time() + float(ttl)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class _API(MutableMapping[str, Any]):
@@ -96,9 +81,8 @@ class _API(MutableMapping[str, Any]):
 
     # ------------------------------------------------------------ core calls
     def set(self, key: Any, value: Any, *, ttl: float | None = None) -> None:
-        exp = None if ttl is None else _expiry(ttl)
-        enc, exact = self._e.codec.encode(value)
-        self._write(self._key(key), ("s", value, enc, exact, exp))
+        entry = _rules.set_entry(self._e.codec, value, optional_expiry(ttl))
+        self._write(self._key(key), entry)
 
     def get(self, key: Any, default: Any = None) -> Any:
         r = self._read(self._key(key))
@@ -153,18 +137,10 @@ class _API(MutableMapping[str, Any]):
         e.after_write(ticket)
 
     def update(self, other: Any = (), /, **kwargs: Any) -> None:  # type: ignore[override]
-        if isinstance(other, Mapping):
-            pairs = list(other.items())
-        elif hasattr(other, "keys"):
-            pairs = [(k, other[k]) for k in other.keys()]
-        else:
-            pairs = list(other)
-        pairs.extend(kwargs.items())
-        self._set_many(pairs, None)
+        self._set_many(_rules.pairs_of(other, kwargs), None)
 
     def mset(self, mapping: Mapping[Any, Any], *, ttl: float | None = None) -> None:
-        exp = None if ttl is None else _expiry(ttl)
-        self._set_many(list(mapping.items()), exp)
+        self._set_many(list(mapping.items()), optional_expiry(ttl))
 
     def mget(self, keys: Iterable[Any], default: Any = None) -> list[Any]:
         found = self._e.lookup_many([self._key(k) for k in keys])
@@ -210,85 +186,38 @@ class _API(MutableMapping[str, Any]):
 
     # ------------------------------------------------------ numeric and lists
     def incr(self, key: Any, amount: int | float = 1, *, ttl: float | None = None) -> int | float:
-        if not _is_number(amount):
-            raise TypeError(f"amount must be a number, not {type(amount).__name__}")
-        exp = None if ttl is None else _expiry(ttl)
+        _rules.check_amount(amount)
         e = self._e
-        result: list[Any] = []
-
-        def change(r: Any) -> tuple:
-            current = 0 if r is MISSING else r[0]
-            if not _is_number(current):
-                raise TypeError(f"Value for {key!r} is not numeric")
-            new = current + amount
-            enc, exact = e.codec.encode(new)
-            result.append(new)
-            # incr keeps the key's TTL unless ttl= is given
-            return ("s", new, enc, exact, exp if exp is not None or r is MISSING else r[1])
-
+        out: list[Any] = []
+        change = _rules.incr_change(key, amount, optional_expiry(ttl), e.codec, out)
         e.after_write(e.modify_one(self._key(key), change))
-        return result[0]
+        return out[0]
 
-    def _change_list(self, key: Any, change: Callable[[list[Any]], list[Any]], ttl: float | None,
-                     *, must_exist: bool) -> list[Any]:
-        exp = None if ttl is None else _expiry(ttl)
+    def _change_list(self, key: Any, edit: Callable[[list[Any]], list[Any]], ttl: float | None,
+                     *, must_exist: bool = False) -> list[Any]:
         e = self._e
-        result: list[Any] = []
-
-        def modify(r: Any) -> tuple:
-            if r is MISSING:
-                if must_exist:
-                    raise KeyError(key)
-                current: Any = []
-            else:
-                current = r[0]
-            if not isinstance(current, list):
-                raise TypeError(f"Value for {key!r} is not a list")
-            new = change(list(current))
-            enc, exact = e.codec.encode(new)
-            result.append(new)
-            return ("s", new, enc, exact, exp if exp is not None or r is MISSING else r[1])
-
-        e.after_write(e.modify_one(self._key(key), modify))
+        out: list[Any] = []
+        change = _rules.list_change(key, edit, optional_expiry(ttl), e.codec, out,
+                                    must_exist=must_exist)
+        e.after_write(e.modify_one(self._key(key), change))
         # A copy: changing the returned list must not change the store unlogged.
-        return list(result[0])
+        return list(out[0])
 
     def append(self, key: Any, value: Any, *, unique: bool = False,
                ttl: float | None = None) -> list[Any]:
-        def change(items: list[Any]) -> list[Any]:
-            if not unique or value not in items:
-                items.append(value)
-            return items
-
-        return self._change_list(key, change, ttl, must_exist=False)
+        return self._change_list(key, _rules.appending(value, unique), ttl)
 
     def extend(self, key: Any, values: Iterable[Any], *, unique: bool = False,
                ttl: float | None = None) -> list[Any]:
-        values = list(values)
-
-        def change(items: list[Any]) -> list[Any]:
-            if not unique:
-                items.extend(values)
-                return items
-            for v in values:
-                if v not in items:
-                    items.append(v)
-            return items
-
-        return self._change_list(key, change, ttl, must_exist=False)
+        return self._change_list(key, _rules.extending(values, unique), ttl)
 
     def remove(self, key: Any, value: Any, *, all_occurrences: bool = False) -> list[Any]:
-        def change(items: list[Any]) -> list[Any]:
-            if all_occurrences:
-                return [item for item in items if item != value]
-            items.remove(value)  # ValueError when absent, before anything changes
-            return items
-
-        return self._change_list(key, change, None, must_exist=True)
+        return self._change_list(key, _rules.removing(value, all_occurrences), None,
+                                 must_exist=True)
 
     # ------------------------------------------------------------------ TTL
     def expire(self, key: Any, ttl: float) -> None:
-        exp = _expiry(ttl)
+        exp = _rules.expiry(ttl)
         full = self._key(key)
         e = self._e
         e._enter()
@@ -304,12 +233,7 @@ class _API(MutableMapping[str, Any]):
         r = self._read(self._key(key))
         if r is MISSING:
             raise KeyError(key)
-        if r[1] is None:
-            return None
-        remaining = r[1] - time.time()
-        if remaining <= 0:
-            raise KeyError(key)
-        return remaining
+        return _rules.remaining(key, r[1])
 
     def persist(self, key: Any) -> None:
         full = self._key(key)
@@ -334,7 +258,7 @@ class _API(MutableMapping[str, Any]):
             if ttl is None:
                 ticket = 0  # nothing changes: the expiry stays where it is
             else:
-                ticket = e._stage(full, ("e", _expiry(ttl)))
+                ticket = e._stage(full, ("e", _rules.expiry(ttl)))
         finally:
             e._exit()
         e.after_write(ticket)
@@ -507,7 +431,7 @@ class LogKV(_API):
     def set(self, key: Any, value: Any, *, ttl: float | None = None) -> None:
         if type(key) is not str:
             key = str(key)
-        exp = None if ttl is None else _expiry(ttl)
+        exp = None if ttl is None else _rules.expiry(ttl)
         e = self._e
         enc, exact = e.codec.encode(value)
         ticket = e.write_one(key, ("s", value, enc, exact, exp))
