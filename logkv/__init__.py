@@ -4,8 +4,9 @@ Every change is appended to a checksummed JSON-lines write-ahead log; a
 compactor folds the log into a single JSON snapshot in aiodict's format.
 """
 from ._errors import (ClosedError, CorruptionError, LockTimeout, LogKVError, LogMismatchError,
-                      ReadOnlyError, StorageError)
+                      ReadOnlyError, StorageError, TransactionConflict)
 from ._aio import AsyncLogKV, AsyncNamespaceView
+from ._redis import AsyncRedisKV, RedisKV  # redis-py is imported only when one is created
 from ._store import LogKV, NamespaceView
 
 __version__ = "0.1.0"
@@ -13,6 +14,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncLogKV",
     "AsyncNamespaceView",
+    "AsyncRedisKV",
     "ClosedError",
     "CorruptionError",
     "LockTimeout",
@@ -21,5 +23,7 @@ __all__ = [
     "LogMismatchError",
     "NamespaceView",
     "ReadOnlyError",
+    "RedisKV",
     "StorageError",
+    "TransactionConflict",
 ]

@@ -39,6 +39,7 @@ from functools import partial
 from typing import Any, AsyncIterator, Callable, Iterable, Mapping
 
 from ._errors import ClosedError
+from ._rules import NO_DEFAULT as _NO_DEFAULT
 from ._store import LogKV, _API
 
 __all__ = ["AsyncLogKV", "AsyncNamespaceView"]
@@ -51,7 +52,6 @@ _LOGKV_SIGNATURE = inspect.signature(LogKV)
 # Threads that may wait for an fsync at once (durability="always"): enough for
 # the engine's group commit to share one fsync among several tasks' writes.
 COMMIT_THREADS = 8
-_NO_DEFAULT: Any = object()
 
 
 class _Core:

@@ -51,3 +51,9 @@ class StorageError(LogKVError, OSError):
     def __init__(self, message: str, *, poisoned: bool = False) -> None:
         super().__init__(message)
         self.poisoned = poisoned
+
+
+class TransactionConflict(LogKVError):
+    """A ``RedisKV`` transaction was not applied: another client changed a key
+    the block had read before the block could commit. Nothing of the block was
+    written; run it again."""

@@ -165,6 +165,13 @@ class _API(MutableMapping[str, Any]):
             e._exit()
         e.after_write(ticket)
 
+    def _entries(self) -> list[tuple[str, Any, float | None]]:
+        """``(key, value, expires_at)`` of every live key: what moving a store
+        to another engine copies (see _convert)."""
+        data, exp = self._e.live_items()
+        n = len(self._prefix)
+        return [(k[n:], v, exp.get(k)) for k, v in data.items() if k.startswith(self._prefix)]
+
     def exists(self, key: Any) -> bool:
         return self._read(self._key(key)) is not MISSING
 
@@ -191,7 +198,7 @@ class _API(MutableMapping[str, Any]):
         out: list[Any] = []
         change = _rules.incr_change(key, amount, optional_expiry(ttl), e.codec, out)
         e.after_write(e.modify_one(self._key(key), change))
-        return out[0]
+        return out[-1]
 
     def _change_list(self, key: Any, edit: Callable[[list[Any]], list[Any]], ttl: float | None,
                      *, must_exist: bool = False) -> list[Any]:
@@ -201,7 +208,7 @@ class _API(MutableMapping[str, Any]):
                                     must_exist=must_exist)
         e.after_write(e.modify_one(self._key(key), change))
         # A copy: changing the returned list must not change the store unlogged.
-        return list(out[0])
+        return list(out[-1])
 
     def append(self, key: Any, value: Any, *, unique: bool = False,
                ttl: float | None = None) -> list[Any]:

@@ -13,8 +13,8 @@ PAST_SHORT_TTL = 0.3
 
 
 @pytest.fixture
-def db(store_path):
-    store = LogKV(store_path)
+def db(engine):
+    store = engine.open()
     yield store
     store.close()
 
@@ -200,6 +200,7 @@ def test_expiry_in_view(db, users):
     assert users.mget(["t", "k"]) == [None, 2]
 
 
+@pytest.mark.file_engine
 def test_cleanup_expired_counts_view_keys(db, users):
     users.set("t1", 1, ttl=SHORT_TTL)
     users.set("t2", 1, ttl=SHORT_TTL)
@@ -293,6 +294,7 @@ def test_transaction_on_view_rolls_back(store_path):
         db.close()
 
 
+@pytest.mark.file_engine
 def test_transaction_on_view_is_one_record(db, users):
     before = db.stats()["wal_records"]
     with users.transaction():
@@ -351,6 +353,7 @@ def test_view_flush_reload_close_act_on_parent(store_path):
         db.close()
 
 
+@pytest.mark.file_engine
 def test_view_compact_acts_on_parent(db, store_path):
     users = db.namespace("users")
     users["a"] = 1

@@ -16,8 +16,8 @@ class Boom(Exception):
 
 
 @pytest.fixture
-def db(store_path):
-    store = LogKV(store_path)
+def db(engine):
+    store = engine.open()
     yield store
     store.close()
 
@@ -65,6 +65,7 @@ def test_transaction_yields_the_store(db):
     assert db["a"] == 1
 
 
+@pytest.mark.file_engine
 def test_transaction_commits_all_as_one_record(db, store_path, tmp_path):
     db["n"] = 1
     db["gone"] = 1
@@ -178,6 +179,7 @@ def test_store_usable_after_rollback(db):
     assert db.copy() == {"b": 2, "c": 3}
 
 
+@pytest.mark.file_engine
 def test_nested_transactions_join_outer(db, store_path, tmp_path):
     before = db.stats()["wal_records"]
     with db.transaction() as outer:
