@@ -10,9 +10,10 @@ import tempfile
 
 import hypothesis.strategies as st
 from hypothesis import HealthCheck, settings
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (RuleBasedStateMachine, invariant, precondition, rule,
+                                 run_state_machine_as_test)
 
-from logkv import LogKV
+from logkv import LogKV, RedisKV
 
 FAR_TTL = 1000.0
 
@@ -146,12 +147,14 @@ def apply_op(target, model, op):
 
 
 class LogKVMachine(RuleBasedStateMachine):
+    HAS_MANUAL_MODE = True
+
     def __init__(self):
         super().__init__()
         self.dir = tempfile.mkdtemp(prefix="logkv-model-")
         self.path = os.path.join(self.dir, "db.json")
         self.manual = False
-        self.db = LogKV(self.path)
+        self.db = self._open(manual=False)
         self.model = Model()
         self.durable = Model()  # what the files hold (differs from model only in manual mode)
         self.copies = 0
@@ -165,6 +168,26 @@ class LogKVMachine(RuleBasedStateMachine):
     def _logged(self):
         if not self.manual:
             self.durable = self.model.clone()
+
+    # -- what differs between engines ----------------------------------------
+
+    def _open(self, manual):
+        return LogKV(self.path, autosave=not manual)
+
+    def _records(self):
+        """Log records written so far (None where there is no log)."""
+        return self.db.stats()["wal_records"]
+
+    def _survivor(self):
+        """A store holding what a crash right now would leave: a copy of the
+        files taken without closing."""
+        self.copies += 1
+        dest = os.path.join(self.dir, f"copy{self.copies}")
+        os.mkdir(dest)
+        for suffix in ("", ".wal"):
+            if os.path.exists(self.path + suffix):
+                shutil.copyfile(self.path + suffix, os.path.join(dest, "db.json" + suffix))
+        return LogKV(os.path.join(dest, "db.json"))
 
     # -- plain calls -------------------------------------------------------
 
@@ -282,7 +305,7 @@ class LogKVMachine(RuleBasedStateMachine):
     @rule(ops=OPS, use_view=st.booleans())
     def transaction_commits(self, ops, use_view):
         working = self.model.clone()
-        before_records = self.db.stats()["wal_records"]
+        before_records = self._records()
         if use_view:
             view = self.db.namespace("ns")
             target_model = _PrefixedModel(working, "ns:")
@@ -299,15 +322,16 @@ class LogKVMachine(RuleBasedStateMachine):
                     want = target_model.data.get(k, "<absent>")
                     assert canon(t.get(k, "<absent>")) == canon(want)
         self.model = working
-        after_records = self.db.stats()["wal_records"]
-        assert after_records - before_records <= 1  # one record per transaction
+        after_records = self._records()
+        if after_records is not None:
+            assert after_records - before_records <= 1  # one record per transaction
         self._logged()
 
     @precondition(lambda self: not self.manual)
     @rule(ops=OPS)
     def transaction_rolls_back(self, ops):
         working = self.model.clone()
-        records = self.db.stats()["wal_records"]
+        records = self._records()
         try:
             with self.db.transaction() as t:
                 for op in ops:
@@ -317,7 +341,7 @@ class LogKVMachine(RuleBasedStateMachine):
             pass
         else:  # pragma: no cover
             raise AssertionError("Boom swallowed")
-        assert self.db.stats()["wal_records"] == records
+        assert self._records() == records
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -329,8 +353,8 @@ class LogKVMachine(RuleBasedStateMachine):
     def close_and_reopen(self, manual):
         self.db.close()
         self.durable = self.model.clone()
-        self.manual = manual
-        self.db = LogKV(self.path, autosave=not manual)
+        self.manual = manual and self.HAS_MANUAL_MODE
+        self.db = self._open(self.manual)
 
     @rule()
     def flush(self):
@@ -345,20 +369,13 @@ class LogKVMachine(RuleBasedStateMachine):
 
     @rule()
     def crash_copy_matches_durable_state(self):
-        self.copies += 1
-        dest = os.path.join(self.dir, f"copy{self.copies}")
-        os.mkdir(dest)
-        for suffix in ("", ".wal"):
-            if os.path.exists(self.path + suffix):
-                shutil.copyfile(self.path + suffix, os.path.join(dest, "db.json" + suffix))
-        other = LogKV(os.path.join(dest, "db.json"))
+        other = self._survivor()
         try:
             assert canon(other.copy()) == canon(self.durable.data)
             for k in self.durable.data:
                 assert (other.ttl(k) is not None) == (k in self.durable.ttl), k
         finally:
             other.close()
-        shutil.rmtree(dest, ignore_errors=True)
 
     # -- the check after every step -----------------------------------------
 
@@ -441,3 +458,34 @@ LogKVMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
 )
 TestLogKVModel = LogKVMachine.TestCase
+
+
+class RedisKVMachine(LogKVMachine):
+    """The same rules on RedisKV: reopening is a new client, and what
+    "survives" is what a second client sees (every acknowledged write)."""
+
+    HAS_MANUAL_MODE = False
+    url = ""
+
+    def _open(self, manual):
+        return RedisKV(self.url)
+
+    def _records(self):
+        return None
+
+    def _survivor(self):
+        return RedisKV(self.url)
+
+    def teardown(self):
+        try:
+            self.db.clear()
+        finally:
+            super().teardown()
+
+
+def test_redis_kv_follows_the_model(redis_url):
+    RedisKVMachine.url = redis_url
+    run_state_machine_as_test(RedisKVMachine, settings=settings(
+        max_examples=15, stateful_step_count=25, deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                               HealthCheck.filter_too_much]))
