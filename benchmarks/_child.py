@@ -29,8 +29,11 @@ def _wait_go() -> None:
 def writer(path: str) -> None:
     from logkv import LogKV
 
+    from bench_lib import GcPauses
+
     s = LogKV(path, compact_on_close=False, auto_compact=False)
     stop = threading.Event()
+    gcp = GcPauses()
     _wait_go()
     threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
     slow: list[tuple[float, float]] = []
@@ -49,8 +52,9 @@ def writer(path: str) -> None:
             worst = d
     last = mono()
     s.close()
-    print(json.dumps({"ops": n, "first": first, "last": last, "slow": slow, "worst": worst}),
-          flush=True)
+    gcp.stop()
+    print(json.dumps({"ops": n, "first": first, "last": last, "slow": slow, "worst": worst,
+                      "gc": gcp.passes}), flush=True)
 
 
 def incr_logkv(path: str, n: int) -> None:

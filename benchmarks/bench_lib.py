@@ -75,6 +75,33 @@ def gc_off() -> Iterator[None]:
             gc.enable()
 
 
+class GcPauses:
+    """Records the interpreter's garbage-collector passes (monotonic start,
+    seconds) so a slow call can be told apart from a collection that paused
+    every thread of the process meanwhile."""
+
+    def __init__(self) -> None:
+        self.passes: list[tuple[float, float]] = []
+        self._start = 0.0
+        gc.callbacks.append(self._cb)
+
+    def _cb(self, phase: str, info: dict[str, Any]) -> None:
+        now = time.monotonic()
+        if phase == "start":
+            self._start = now
+        elif now - self._start > 0.001:
+            self.passes.append((self._start, now - self._start))
+
+    def stop(self) -> None:
+        if self._cb in gc.callbacks:
+            gc.callbacks.remove(self._cb)
+
+
+def overlaps(span: tuple[float, float], others: list[tuple[float, float]]) -> bool:
+    t, d = span
+    return any(s < t + d and t < s + e for s, e in others)
+
+
 def settle() -> None:
     """Free what the previous step left, so it is not billed to the next."""
     gc.collect()
