@@ -283,6 +283,8 @@ WORKER = textwrap.dedent("""
         db.incr("count")                       # INCRBY
         db.incr("fcount", 0.5)                 # WATCH / MULTI, retried
         db.append("log", f"{who}:{i}")         # WATCH / MULTI, retried
+        db.extend("ext", [f"{who}:{i}:a", f"{who}:{i}:b"])  # WATCH / MULTI
+        db.remove("rm", f"{who}:{i}")          # WATCH / MULTI
         db.setdefault("first", who)            # a Lua script
         db.pop(f"tok{i}", None) is not None and db.append("won", f"{who}:{i}")
         while True:                            # a transfer in a transaction, retried
@@ -301,6 +303,7 @@ def test_read_modify_writes_lose_nothing_across_processes(redis_url):
     n, procs = 60, 4
     setup = RedisKV(redis_url)
     setup.mset({f"tok{i}": i for i in range(n)})
+    setup["rm"] = [f"p{p}:{i}" for p in range(procs) for i in range(n)] + ["stays"]
     procs_ = [subprocess.Popen([sys.executable, "-c", WORKER, redis_url, f"p{p}", str(n)],
                                env={**os.environ, "PYTHONHASHSEED": "0"})
               for p in range(procs)]
@@ -311,6 +314,9 @@ def test_read_modify_writes_lose_nothing_across_processes(redis_url):
     assert setup["fcount"] == total * 0.5
     log = setup["log"]
     assert len(log) == total and len(set(log)) == total
+    ext = setup["ext"]
+    assert len(ext) == 2 * total and len(set(ext)) == 2 * total
+    assert setup["rm"] == ["stays"]
     assert setup["first"] in {f"p{p}" for p in range(procs)}
     won = setup["won"]
     assert len(won) == n  # each token popped by exactly one process
