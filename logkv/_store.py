@@ -104,6 +104,26 @@ class _API(MutableMapping[str, Any]):
         e.after_write(ticket)
         return r[0]
 
+    def popitem(self) -> tuple[str, Any]:
+        """Remove and return the oldest item, in one step (the mapping
+        protocol's default reads and deletes in two, so two threads could
+        pop the same item)."""
+        e = self._e
+        e._enter()
+        try:
+            data, _exp = e.live_items()
+            p = self._prefix
+            for full, value in data.items():
+                if full.startswith(p):
+                    break
+            else:
+                raise KeyError("popitem(): the store is empty")
+            ticket = e._stage(full, ("d",))
+        finally:
+            e._exit()
+        e.after_write(ticket)
+        return full[len(p):], value
+
     def setdefault(self, key: Any, default: Any = None) -> Any:
         full = self._key(key)
         e = self._e

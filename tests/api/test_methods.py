@@ -1319,3 +1319,21 @@ def test_close_releases_descriptors_and_maps(tmp_path):
     with LogKV(path, autosave=False) as db:
         db["d"] = 4
     assert _open_handles(tmp_path) == []
+
+
+def test_popitem(db, engine):
+    db["a"] = 1
+    db["b"] = 2
+    db.namespace("ns")["c"] = 3
+    view = db.namespace("ns")
+    assert view.popitem() == ("c", 3)
+    with pytest.raises(KeyError):
+        view.popitem()
+    first = db.popitem()
+    if not engine.is_redis:
+        assert first == ("a", 1)  # the oldest, as the mapping protocol's default
+    second = db.popitem()
+    assert sorted([first, second]) == [("a", 1), ("b", 2)]
+    with pytest.raises(KeyError):
+        db.popitem()
+    assert len(db) == 0

@@ -327,3 +327,39 @@ def test_two_handles_on_one_store_from_threads(store_path):
         assert db.copy() == {"c": 602, "a": 1, "b": 1, "l": ["x"]}
     finally:
         db.close()
+
+
+def test_popitem_from_many_threads_pops_each_item_once(store_path):
+    import sys
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    db = LogKV(store_path)
+    try:
+        db.update({f"k{i}": i for i in range(2000)})
+        popped: list = []
+        errors: list = []
+
+        def worker():
+            while True:
+                try:
+                    popped.append(db.popitem())
+                except KeyError:
+                    if len(db):  # items only go: it was not empty when it raised
+                        errors.append("KeyError from a store that was not empty")
+                    return
+                except Exception as exc:  # pragma: no cover - the failure being tested
+                    errors.append(exc)
+                    return
+
+        threads = [threading.Thread(target=worker) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        assert sorted(popped) == sorted((f"k{i}", i) for i in range(2000))
+        assert len(db) == 0
+    finally:
+        sys.setswitchinterval(old)
+        db.close()
