@@ -16,7 +16,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from itertools import repeat
-from operator import itemgetter
+from operator import contains, itemgetter
 from typing import Any, Iterator
 
 import orjson
@@ -31,6 +31,7 @@ _body = itemgetter(slice(BODY_START, None))
 _check = itemgetter(slice(6, CHECK_END))
 _quote_comma = itemgetter(slice(CHECK_END, BODY_START))
 _seq_of = itemgetter("s")
+_ops_of = itemgetter("o")
 
 
 @dataclass
@@ -170,6 +171,14 @@ def decode_records(buf: bytes, start: int, prev_seq: int, path: str,
         except (orjson.JSONDecodeError, KeyError, TypeError):
             ok = False
     if ok:
+        # The shape checks as C-level passes: a Python loop over the records
+        # cost 0.4 s per million.
+        try:
+            ok = (set(map(type, recs)) == {dict}
+                  and set(map(type, map(_ops_of, recs))) == {list})
+        except KeyError:
+            ok = False
+    if ok and any(map(contains, recs, repeat("j"))):
         for i, rec in enumerate(recs):
             if "j" in rec:  # holds integers beyond 64 bits: reparse exactly
                 try:
@@ -177,9 +186,9 @@ def decode_records(buf: bytes, start: int, prev_seq: int, path: str,
                 except (ValueError, RecursionError):
                     ok = False
                     break
-            if type(recs[i]) is not dict or type(recs[i].get("o")) is not list:
-                ok = False
-                break
+                if type(recs[i]) is not dict or type(recs[i].get("o")) is not list:
+                    ok = False
+                    break
     if not ok:
         # Line by line: names the damage (raises), or reads what the bulk
         # parser could not (numbers beyond a double in an exact record).
