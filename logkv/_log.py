@@ -24,12 +24,11 @@ import xxhash
 
 from ._errors import CorruptionError, LogMismatchError, StorageError
 from ._fs import FileSystem
-from ._record import BODY_START, CHECK_END, LINE_PREFIX, RecordError, parse_line, validate_op
+from ._record import BODY_START, LINE_PREFIX, RecordError, parse_line, validate_op
 
 _hexdigest = xxhash.xxh3_64_hexdigest
 _body = itemgetter(slice(BODY_START, None))
-_check = itemgetter(slice(6, CHECK_END))
-_quote_comma = itemgetter(slice(CHECK_END, BODY_START))
+_head = itemgetter(slice(0, BODY_START))
 _seq_of = itemgetter("s")
 _ops_of = itemgetter("o")
 
@@ -156,10 +155,12 @@ def decode_records(buf: bytes, start: int, prev_seq: int, path: str,
     lines = buf[start:last_nl].split(b"\n")
     n = len(lines)
     bodies = list(map(_body, lines))
-    expected = "".join(map(_hexdigest, bodies)).encode()
-    ok = (expected == b"".join(map(_check, lines))
-          and all(map(bytes.startswith, lines, repeat(LINE_PREFIX)))
-          and b"".join(map(_quote_comma, lines)) == b'",' * n)
+    # Every line's head -- {"x":"<checksum of its body>", -- checked in one
+    # comparison of two joined strings (separate passes cost 0.25 s more
+    # per million records).
+    sep = '",' + LINE_PREFIX.decode()
+    expected = (LINE_PREFIX.decode() + sep.join(map(_hexdigest, bodies)) + '",').encode()
+    ok = expected == b"".join(map(_head, lines))
     recs: Any = None
     if ok:
         try:
