@@ -1,5 +1,6 @@
 """Moving data in and out of logkv: ``logkv import SRC DEST`` and
-``logkv export PATH [OUT]`` (the CLI wires these functions in).
+``logkv export PATH [OUT]``, and between engines: ``logkv export PATH --to
+URL`` and ``logkv import URL DEST`` (the CLI wires these functions in).
 
 ``import_file`` reads any of
 
@@ -12,26 +13,53 @@
 
 and writes it into a new logkv store. ``export_file`` writes a store's live
 state as one plain JSON object, atomically.
+
+``copy_store`` copies every live key, with its absolute expiry time, from one
+store object to another, whatever their engines (``LogKV``, ``RedisKV`` or a
+namespace view of either); ``export_to_redis`` and ``import_from_redis`` use
+it to move a store to a Redis server and back. redis-py is imported only when
+one of those two is called.
 """
 from __future__ import annotations
 
 import os
 import sqlite3
 import time
+from collections.abc import Iterable, Mapping
 from typing import IO, Any, Callable
 
 import orjson
 
+from ._errors import LogKVError
 from ._fs import DEFAULT_FS
 from ._record import ValueCodec
 from ._snapshot import parse_snapshot, write_snapshot
 from ._store import LogKV
 
-__all__ = ["import_file", "export_file", "detect_format", "BATCH"]
+__all__ = ["import_file", "export_file", "detect_format", "copy_store", "export_to_redis",
+           "import_from_redis", "is_redis_url", "DestinationNotEmptyError", "BATCH"]
 
 Progress = Callable[[int, int], None]
 SQLITE_MAGIC = b"SQLite format 3\x00"
-BATCH = 10_000  # keys per log record while importing
+BATCH = 10_000  # keys per log record while importing (per MULTI/EXEC into Redis)
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+class DestinationNotEmptyError(LogKVError):
+    """``export_to_redis``: keys already exist under the destination prefix
+    (and ``replace`` was not given). ``url`` (password masked), ``prefix``
+    and ``keys`` (how many exist) say where."""
+
+    def __init__(self, message: str, *, url: str, prefix: str, keys: int) -> None:
+        super().__init__(message)
+        self.url = url
+        self.prefix = prefix
+        self.keys = keys
+
+
+def is_redis_url(text: str) -> bool:
+    """True for a ``redis://``, ``rediss://`` or ``unix://`` URL."""
+    return text[:10].lower().startswith(REDIS_SCHEMES)
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
@@ -194,3 +222,152 @@ def export_file(path: str | os.PathLike[str], out: str | os.PathLike[str] | IO[b
         raise
     fs.fsync_dir(os.path.dirname(os.path.abspath(out_s)))
     return total
+
+
+# ---------------------------------------------------------------------------- between engines
+Entry = tuple[str, Any, "float | None"]
+
+
+def copy_store(src: Any, dst: Any, progress: Progress | None = None, *,
+               batch: int = BATCH) -> int:
+    """Copy every live key of the store ``src`` into the store ``dst``, each
+    with its absolute expiry time; return the number of keys copied.
+
+    Either may be a ``LogKV``, a ``RedisKV`` or a namespace view of one (a
+    view copies its own keys, without its prefix). Keys already expired when
+    the copy starts are skipped; keys of ``dst`` with other names are left
+    alone, keys with the same names are overwritten. Keys sharing an expiry
+    time are written together; every ``batch`` keys are one
+    ``dst.transaction()`` (one log record on ``LogKV``, one MULTI/EXEC on
+    ``RedisKV``), so a batch is all or nothing. ``progress(done, total)`` is
+    called before the first batch and after each one.
+    """
+    return _copy_entries(src._entries(), dst, progress, batch)
+
+
+def _copy_entries(entries: Iterable[Entry], dst: Any, progress: Progress | None,
+                  batch: int = BATCH) -> int:
+    if batch < 1:
+        raise ValueError("batch must be >= 1")
+    now = time.time()
+    groups: dict[float | None, list[tuple[str, Any]]] = {}
+    for key, value, exp in entries:
+        if exp is None or exp > now:
+            groups.setdefault(exp, []).append((key, value))
+    total = sum(len(pairs) for pairs in groups.values())
+    if progress is not None:
+        progress(0, total)
+    # Cut the groups into batches of ``batch`` keys; a batch may hold the
+    # tail of one group and the head of the next.
+    done = 0
+    pending: list[tuple[float | None, list[tuple[str, Any]]]] = []
+    size = 0
+
+    def write() -> None:
+        nonlocal done, size
+        with dst.transaction():
+            for exp, pairs in pending:
+                dst._set_many(pairs, exp)
+        done += size
+        pending.clear()
+        size = 0
+        if progress is not None:
+            progress(done, total)
+
+    for exp, pairs in groups.items():
+        start = 0
+        while start < len(pairs):
+            part = pairs[start:start + batch - size]
+            pending.append((exp, part))
+            size += len(part)
+            start += len(part)
+            if size >= batch:
+                write()
+    if pending:
+        write()
+    return done
+
+
+def _open_redis(url: str, prefix: str, redis_options: Mapping[str, Any] | None) -> Any:
+    from ._redis import RedisKV  # redis-py is imported here, not before
+
+    return RedisKV(url, prefix=prefix, **dict(redis_options or {}))
+
+
+def export_to_redis(path: str | os.PathLike[str], url: str, *, prefix: str = "",
+                    replace: bool = False, progress: Progress | None = None,
+                    redis_options: Mapping[str, Any] | None = None) -> int:
+    """Copy the live state of the store at ``path`` (values and expiry
+    times) into the Redis server at ``url``, each key stored as
+    ``prefix + key`` the way ``RedisKV(url, prefix=prefix)`` stores it;
+    return the number of keys copied.
+
+    The destination must be empty: when any key under ``prefix`` exists (with
+    an empty prefix: any key of the database), ``DestinationNotEmptyError`` is
+    raised and nothing is written, unless ``replace`` is true, in which case
+    every key under ``prefix`` is deleted first (``RedisKV.clear()``; not
+    atomic against other clients writing meanwhile). Keys already expired
+    are skipped. Batches of ``BATCH`` keys are one MULTI/EXEC each; a failure
+    part way leaves the batches already written (run again with ``replace``).
+    ``redis_options`` go to ``redis.Redis.from_url``. Needs redis-py
+    (``pip install "logkv[redis]"``); server errors are redis-py's own.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path) and not os.path.exists(path + ".wal"):
+        raise FileNotFoundError(f"export: no store at {path}")
+    src = LogKV(path, read_only=True)
+    try:
+        entries = src._entries()
+    finally:
+        src.close()
+    dst = _open_redis(url, prefix, redis_options)
+    try:
+        existing = len(dst.keys())
+        if existing:
+            if not replace:
+                raise DestinationNotEmptyError(
+                    f"export: {_where(dst.url, prefix)} already holds {existing} key(s); "
+                    "nothing was written (replace=True deletes them first)",
+                    url=dst.url, prefix=prefix, keys=existing)
+            dst.clear()
+        return _copy_entries(entries, dst, progress)
+    finally:
+        dst.close()
+
+
+def import_from_redis(url: str, dest: str | os.PathLike[str], *, prefix: str = "",
+                      progress: Progress | None = None,
+                      redis_options: Mapping[str, Any] | None = None,
+                      **store_options: Any) -> int:
+    """Copy every live key under ``prefix`` of the Redis server at ``url``
+    (the keys of ``RedisKV(url, prefix=prefix)``, without the prefix) into a
+    new logkv store at ``dest``, with its expiry time (Redis keeps
+    milliseconds); return the number of keys copied.
+
+    As for ``import_file``, ``dest`` must not hold a store yet (neither
+    ``dest`` nor ``dest.wal`` exists): ``FileExistsError`` otherwise. Every
+    key is read from the server before ``dest`` is created, so a server that
+    cannot be reached, or a value that is not JSON text
+    (``CorruptionError``), leaves no file behind. Batches of ``BATCH`` keys
+    are one log record each. ``redis_options`` go to
+    ``redis.Redis.from_url``; ``store_options`` to ``LogKV``.
+    """
+    dest_s = os.fspath(dest)
+    for existing in (dest_s, dest_s + ".wal"):
+        if os.path.exists(existing):
+            raise FileExistsError(f"import: {existing} already exists; choose a new destination")
+    src = _open_redis(url, prefix, redis_options)
+    try:
+        entries = src._entries()
+    finally:
+        src.close()
+    store_options.setdefault("auto_compact", False)
+    db = LogKV(dest_s, **store_options)
+    try:
+        return _copy_entries(entries, db, progress)
+    finally:
+        db.close()  # flushes and compacts: dest alone then holds everything
+
+
+def _where(url: str, prefix: str) -> str:
+    return f"{url} under the prefix {prefix!r}" if prefix else url

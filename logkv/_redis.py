@@ -69,6 +69,33 @@ if type(n) == 'table' and n.err then return false end
 if ARGV[2] ~= '' then redis.call('PEXPIREAT', KEYS[1], ARGV[2]) end
 return n
 """
+# Each key's value and absolute expiry (ms; -1 for none), read together so a
+# key that expires meanwhile is not taken for a permanent one. Redis 7 has
+# PEXPIRETIME; before it, PTTL is read between two TIME calls that fall in
+# the same millisecond, so that now + PTTL is exact.
+_ENTRIES_SCRIPT = """
+local out = {}
+for _, k in ipairs(KEYS) do
+  local v = redis.call('GET', k)
+  local at = -1
+  if v then
+    if ARGV[1] == '1' then
+      at = redis.call('PEXPIRETIME', k)
+    else
+      local t, p, u
+      repeat
+        t = redis.call('TIME'); p = redis.call('PTTL', k); u = redis.call('TIME')
+      until t[1] == u[1] and math.floor(t[2] / 1000) == math.floor(u[2] / 1000)
+      if p >= 0 then at = tonumber(t[1]) * 1000 + math.floor(t[2] / 1000) + p
+      elseif p == -2 then v = false end
+    end
+    if at == -2 then v = false end
+  end
+  out[#out + 1] = v
+  out[#out + 1] = at
+end
+return out
+"""
 _SETDEFAULT_SCRIPT = """
 local v = redis.call('GET', KEYS[1])
 if v then return v end
@@ -78,6 +105,7 @@ return false
 
 
 def _ms(exp: float) -> int:
+    # Down, not to the nearest: ttl() must never read more than was given.
     return int(exp * 1000)
 
 
@@ -248,8 +276,7 @@ class _Ops:
             if len(cmds) == 1:
                 yield (CMD, cmds[0])
                 return
-        for chunk in _chunks(items):  # chunks keep a huge update() from one giant reply
-            yield (ATOMIC, [c for full, entry in chunk for c in _commands(full, entry)])
+        yield (ATOMIC, [c for full, entry in items for c in _commands(full, entry)])
 
     def _modify(self, full: str, change: Callable[[Any], tuple | None]) -> Op:
         """Atomic read-modify-write of one key: ``change`` gets the current
@@ -394,16 +421,12 @@ class _Ops:
         fulls = yield from self._live_fulls()
         out = []
         n = len(self._prefix)
-        # PEXPIRETIME (Redis 7) gives the expiry to the millisecond; older
-        # servers only tell the time left.
-        absolute = (self._root.version or (0,)) >= (7,)
-        when = "PEXPIRETIME" if absolute else "PTTL"
+        has_expiretime = "1" if (self._root.version or (0,)) >= (7,) else "0"
         for chunk in _chunks(fulls):
-            replies = yield (BATCH, [c for f in chunk for c in (("GET", f), (when, f))])
-            now = 0.0 if absolute else time.time()
+            replies = yield (CMD, ("EVAL", _ENTRIES_SCRIPT, len(chunk), *chunk, has_expiretime))
             for full, raw, ms in zip(chunk, replies[::2], replies[1::2]):
-                if raw is not None:
-                    exp = None if ms < 0 else now + ms / 1000.0
+                if raw:  # nil (false) when the key went away meanwhile
+                    exp = None if ms < 0 else ms / 1000.0
                     out.append((full[n:], self._decode(full, raw), exp))
         return out
 

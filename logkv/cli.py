@@ -244,9 +244,61 @@ def _count_progress(verb: str) -> Callable[[int, int], None] | None:
     return progress
 
 
-def cmd_import(args: argparse.Namespace) -> int:
-    from ._convert import import_file
+def _redis_failure(exc: BaseException, url: str) -> str | None:
+    """The message for an error raised while talking to a Redis server, or
+    None when ``exc`` is not one (redis-py is never imported here: if it was
+    not loaded, the error cannot be one of its own)."""
+    redis = sys.modules.get("redis")
+    exceptions = getattr(redis, "exceptions", None)
+    if exceptions is None or not isinstance(exc, exceptions.RedisError):
+        return None
+    from ._redis import _masked
 
+    where = _masked(url)
+    if isinstance(exc, exceptions.AuthenticationError):
+        return f"the Redis server at {where} refused the credentials: {exc}"
+    if isinstance(exc, (exceptions.ConnectionError, exceptions.TimeoutError)):
+        return f"cannot reach the Redis server at {where}: {exc}"
+    return f"the Redis server at {where} answered with an error: {exc}"
+
+
+def _with_redis(url: str, work: Callable[[], int]) -> int:
+    """Run ``work``, turning a missing redis-py, server errors and bad input
+    (a malformed URL, a value JSON cannot hold) into messages and exit 1."""
+    try:
+        return work()
+    except ImportError as exc:
+        if "redis" not in str(exc):
+            raise
+        _err('error: moving a store to or from Redis needs redis-py: '
+             'pip install "logkv[redis]"')
+        return EXIT_FAIL
+    except Exception as exc:
+        message = _redis_failure(exc, url)
+        if message is None:
+            if not isinstance(exc, (ValueError, TypeError)):
+                raise
+            message = str(exc)  # a malformed URL, a value JSON cannot hold
+        _err(f"error: {message}")
+        return EXIT_FAIL
+
+
+# Without it, a host that drops packets would keep the command waiting for
+# minutes; a URL's own ?socket_connect_timeout= overrides it.
+_REDIS_OPTIONS = {"socket_connect_timeout": 10}
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from ._convert import import_file, is_redis_url
+
+    if is_redis_url(args.dest):
+        raise _UsageError("DEST is the new store's file, not a URL; to copy a store into "
+                          "Redis: logkv export PATH --to URL")
+    if is_redis_url(args.src):
+        return _import_from_redis(args)
+    if args.prefix:
+        raise _UsageError("--prefix applies only to a Redis source (redis://, rediss:// or "
+                          "unix://)")
     if not os.path.exists(args.src):
         _err(f"{args.src}: no such file")
         return EXIT_USAGE
@@ -259,9 +311,35 @@ def cmd_import(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _import_from_redis(args: argparse.Namespace) -> int:
+    from ._convert import import_from_redis
+    from ._redis import _masked
+
+    url = args.src
+    where = _masked(url) + (f" (prefix {args.prefix!r})" if args.prefix else "")
+
+    def work() -> int:
+        n = import_from_redis(url, args.dest, prefix=args.prefix,
+                              progress=_count_progress("import"), redis_options=_REDIS_OPTIONS)
+        print(f"imported {n} keys from {where} into {args.dest}")
+        if not n:
+            _err(f"note: no key found at {where}")
+        return EXIT_OK
+
+    try:
+        return _with_redis(url, work)
+    except FileExistsError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from ._convert import export_file
 
+    if args.to is not None:
+        return _export_to_redis(args)
+    if args.prefix or args.replace:
+        raise _UsageError("--prefix and --replace go with --to URL")
     _require_store(args.path)
     if args.out is None or args.out == "-":
         n = export_file(args.path, sys.stdout.buffer, progress=_count_progress("export"))
@@ -270,6 +348,33 @@ def cmd_export(args: argparse.Namespace) -> int:
     n = export_file(args.path, args.out, progress=_count_progress("export"))
     print(f"exported {n} keys from {args.path} to {args.out}")
     return EXIT_OK
+
+
+def _export_to_redis(args: argparse.Namespace) -> int:
+    from ._convert import DestinationNotEmptyError, export_to_redis, is_redis_url
+    from ._redis import _masked
+
+    url = args.to
+    if not is_redis_url(url):
+        raise _UsageError(f"--to takes a Redis URL (redis://, rediss:// or unix://), not {url!r}")
+    if args.out is not None:
+        raise _UsageError("give either OUT or --to URL, not both")
+    _require_store(args.path)
+    where = _masked(url) + (f" (prefix {args.prefix!r})" if args.prefix else "")
+
+    def work() -> int:
+        n = export_to_redis(args.path, url, prefix=args.prefix, replace=args.replace,
+                            progress=_count_progress("export"), redis_options=_REDIS_OPTIONS)
+        print(f"exported {n} keys from {args.path} to {where}")
+        return EXIT_OK
+
+    try:
+        return _with_redis(url, work)
+    except DestinationNotEmptyError as exc:
+        under = f"under the prefix {exc.prefix!r}" if exc.prefix else "in the database"
+        _err(f"error: {exc.keys} key(s) already exist {under} at {exc.url}; nothing was "
+             "written. Choose another --prefix, or pass --replace to delete them first")
+        return EXIT_USAGE
 
 
 # ---------------------------------------------------------------------------- recover
@@ -541,20 +646,42 @@ def build_parser() -> argparse.ArgumentParser:
                    help="acknowledged writes to wait for before the kill (default 300)")
     p.set_defaults(func=cmd_demo)
 
-    p = add("import", "copy an aiodict, pickleDB or plain JSON file into a new store",
-            "Read SRC — an aiodict file, a pickleDB JSON file, a pickleDB SQLite database "
-            "or any plain JSON object — and write it into a new logkv store at DEST "
-            "(expiry times kept). DEST must not exist yet. Shows progress on a terminal.")
-    p.add_argument("src", metavar="SRC")
+    p = add("import", "copy a file, or the keys on a Redis server, into a new store",
+            "Read SRC and write it into a new logkv store at DEST, expiry times kept (keys "
+            "already expired are skipped). SRC is an aiodict file, a pickleDB JSON file, a "
+            "pickleDB SQLite database, any plain JSON object, or a Redis URL "
+            "(redis://, rediss:// or unix://): then every key of that database starting "
+            "with P (--prefix; default: every key), without P, as RedisKV(URL, prefix=P) "
+            "sees them. DEST must not exist yet. Shows progress on a terminal. Exit 1 when the server "
+            "cannot be reached or redis-py is missing, 2 when DEST exists.")
+    p.add_argument("src", metavar="SRC", help="a file, or a Redis URL (redis://HOST:PORT/DB)")
     p.add_argument("dest", metavar="DEST", help="the new store's snapshot file")
+    p.add_argument("--prefix", default="", metavar="P",
+                   help="with a Redis SRC: copy only the keys starting with P, without P "
+                        "(default: every key of the database)")
     p.set_defaults(func=cmd_import)
 
-    p = add("export", "write the live state as one plain JSON object",
-            "Write every live key of the store at PATH and its value as one plain JSON "
-            "object to OUT (atomically), or to standard output when OUT is omitted or '-'. "
-            "Expiry times are not kept; expired keys are left out.")
+    p = add("export", "write the live state as a JSON object, or copy it into Redis",
+            "Without --to: write every live key of the store at PATH and its value as one "
+            "plain JSON object to OUT (atomically), or to standard output when OUT is "
+            "omitted or '-'; expiry times are not kept. With --to URL: copy every live key "
+            "with its value and expiry time into the Redis server at URL (redis://, "
+            "rediss:// or unix://), each key stored as P<key> the way RedisKV(URL, "
+            "prefix=P) stores it; shows progress on a terminal. The destination must hold "
+            "no key under P (with no --prefix: no key at all), or the command writes "
+            "nothing and exits 2; --replace deletes those keys first. Either way, expired "
+            "keys are left out. Exit 1 when the server cannot be reached or redis-py is "
+            "missing.")
     p.add_argument("path", metavar="PATH", help="the store's snapshot file")
-    p.add_argument("out", metavar="OUT", nargs="?", default=None)
+    p.add_argument("out", metavar="OUT", nargs="?", default=None,
+                   help="the JSON file to write (default: standard output)")
+    p.add_argument("--to", metavar="URL", default=None,
+                   help="copy into this Redis server instead (e.g. redis://localhost:6379/0)")
+    p.add_argument("--prefix", default="", metavar="P",
+                   help="with --to: store each key as P<key> (default: no prefix)")
+    p.add_argument("--replace", action="store_true",
+                   help="with --to: delete every key under P first instead of refusing a "
+                        "destination that is not empty")
     p.set_defaults(func=cmd_export)
     return parser
 

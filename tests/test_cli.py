@@ -20,7 +20,8 @@ import pytest
 from logkv import LogKV
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ["compact", "verify", "stats", "dump", "get", "set", "delete", "recover", "demo"]
+COMMANDS = ["compact", "verify", "stats", "dump", "get", "set", "delete", "recover", "demo",
+            "import", "export"]
 
 
 def _env(with_path: bool = True) -> dict[str, str]:
