@@ -138,7 +138,7 @@ def run_batched(db: LogKV, probe: BatchProbe, first: Callable[[], Any],
     def call(i: int, fn: Callable[[], Any]) -> None:
         try:
             results[i] = fn()
-        except Exception as exc:  # noqa: BLE001 - the test looks at it
+        except BaseException as exc:  # noqa: BLE001 - the test looks at it
             results[i] = exc
 
     probe.arm()
@@ -213,24 +213,63 @@ def test_a_failing_change_fails_only_its_own_call(store_path):
     assert state["c"] == 13 and state["s"] == "text" and sorted(state["l"]) == [1, 2, 3]
 
 
+def test_a_batch_with_nothing_to_write_neither_writes_nor_syncs(store_path):
+    db, probe = open_probed(store_path)
+    db.set("s", "text")
+    try:
+        first, rest = run_batched(db, probe, lambda: db.incr("c"), [lambda: db.incr("s")] * QUEUED)
+        assert first == 1 and [type(r) for r in rest] == [TypeError] * QUEUED
+        assert probe.writes == [1] and probe.syncs == 1
+    finally:
+        db.close()
+    assert reopen_state(store_path) == {"s": "text", "c": 1}
+
+
+class Interrupt(BaseException):
+    """Not an Exception: stands for KeyboardInterrupt in the leader's thread."""
+
+
+def test_an_interrupt_in_the_leader_fails_the_batch_for_everyone(store_path):
+    db, probe = open_probed(store_path)
+
+    def interrupted(r: Any) -> None:
+        raise Interrupt
+
+    try:
+        first, rest = run_batched(db, probe, lambda: db.set("k0", 0),
+                                  [lambda: db._e.modify_one("x", interrupted)] * QUEUED)
+        # the batch's leader computed the first change: it raised the interrupt;
+        # the others, whose calls never ran, are told so
+        assert sorted(type(r).__name__ for r in rest) == ["Interrupt"] + ["LogKVError"] * 6
+        assert all(isinstance(r.__cause__, Interrupt) for r in rest if type(r) is not Interrupt)
+        assert probe.writes == [1] and probe.syncs == 1
+        db.set("after", 1)
+    finally:
+        db.close()
+    assert reopen_state(store_path) == {"k0": 0, "after": 1}
+
+
 @pytest.mark.parametrize("err", [errno.ENOSPC, errno.EIO], ids=["ENOSPC", "EIO"])
 def test_a_failed_batch_write_fails_every_call_and_changes_nothing(store_path, err):
     db, probe = open_probed(store_path, fail=("write", 2, err))
+    db.set("s", "text")
     try:
-        first, rest = run_batched(db, probe, lambda: db.set("k0", 0),
-                                  [lambda i=i: db.set(f"k{i}", i) for i in range(1, THREADS)])
+        # one of the queued calls fails by itself (incr of a string): it
+        # keeps its own error; the six others fail with the write
+        calls = [lambda: db.incr("s")] + [lambda i=i: db.set(f"k{i}", i) for i in range(2, THREADS)]
+        first, rest = run_batched(db, probe, lambda: db.set("k0", 0), calls)
         assert first is None
-        assert [type(r) for r in rest] == [StorageError] * QUEUED, rest
-        assert not any(r.poisoned for r in rest)
-        assert probe.writes == [1, QUEUED] and probe.syncs == 1
-        assert db.copy() == {"k0": 0}  # memory as the log is
-        assert assert_log_consecutive(store_path) == [1]
+        assert sorted(type(r).__name__ for r in rest) == ["StorageError"] * 6 + ["TypeError"]
+        assert not any(r.poisoned for r in rest if isinstance(r, StorageError))
+        assert probe.writes == [1, 6] and probe.syncs == 1
+        assert db.copy() == {"s": "text", "k0": 0}  # memory as the log is
+        assert assert_log_consecutive(store_path) == [1, 2]
         db.set("after", 1)  # the fault is gone: the store goes on
         assert db.incr("n") == 1
     finally:
         db.close()
-    assert assert_log_consecutive(store_path) == [1, 2, 3]
-    assert reopen_state(store_path) == {"k0": 0, "after": 1, "n": 1}
+    assert assert_log_consecutive(store_path) == [1, 2, 3, 4]
+    assert reopen_state(store_path) == {"s": "text", "k0": 0, "after": 1, "n": 1}
 
 
 def test_a_failed_batch_fdatasync_fails_every_call_and_poisons(store_path):
