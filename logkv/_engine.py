@@ -1159,9 +1159,9 @@ class Engine:
             item.ticket = 0
 
     def _write_batch(self, items: list[_Item]) -> int:
-        """Under the write lock: number the items' records in order, write them
-        with one write(2), publish them and apply them to memory. Return the
-        ticket that covers them (0 when no item changed anything).
+        """Take both locks (and catch up), number the items' records in order,
+        write them with one write(2), publish them and apply them to memory.
+        Return the ticket that covers them (0 when no item changed anything).
 
         A read-modify-write item's change is computed here, under the lock,
         against memory plus the earlier items of the batch; if it raises, only
