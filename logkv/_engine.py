@@ -62,6 +62,13 @@ def _op_bytes(key: str, entry: Entry) -> bytes:
     return op_expire(key, entry[1])
 
 
+def _entry_line(seq: int, key: str, entry: Entry) -> bytes:
+    """The log line of one change to one key, as record ``seq``."""
+    if entry[0] == "s":
+        return build_set_line(seq, key, entry[2], entry[4], entry[3])
+    return build_line(seq, [_op_bytes(key, entry)])
+
+
 def _merge(staged: dict[str, Entry], key: str, entry: Entry) -> None:
     """Fold ``entry`` onto what ``staged`` already holds for ``key`` (post-images)."""
     if entry[0] == "e":
@@ -139,6 +146,39 @@ class _Overlay:
 
     def restore(self, sp: tuple) -> None:
         self.vals, self.staged, self.cleared = dict(sp[0]), dict(sp[1]), sp[2]
+
+
+class _Item:
+    """One write_one / modify_one call in a group-commit batch."""
+
+    __slots__ = ("key", "entry", "change", "ticket", "error", "wake")
+
+    def __init__(self, key: str, entry: Entry | None,
+                 change: Callable[[Any], Entry | None] | None) -> None:
+        self.key = key
+        self.entry = entry      # a set: known; a read-modify-write: computed by the leader
+        self.change = change
+        self.ticket = 0         # 0: nothing was logged for this call
+        self.error: BaseException | None = None
+        # A follower blocks on this held lock until the leader releases it
+        # (one wake-up per thread; an Event's condition costs several).
+        self.wake: Any = None
+
+
+class _Batch:
+    """Calls whose records go to the log in one write(2) and one fdatasync
+    (the first item is the leader's). ``finished`` once every item has its
+    ticket or its error; ``inside`` counts the calls that have not yet
+    returned to their callers; ``drained``, held by the next batch's leader
+    while it waits, is released when both are so."""
+
+    __slots__ = ("items", "finished", "inside", "drained")
+
+    def __init__(self) -> None:
+        self.items: list[_Item] = []
+        self.finished = False
+        self.inside = 0
+        self.drained: Any = None
 
 
 class _ClosedWords:
@@ -244,6 +284,13 @@ class Engine:
         self._synced_ticket = 0
         self._syncing = False
         self._sync_cv = threading.Condition(threading.Lock())
+        # group commit (durability="always", design §8): the batch taking
+        # calls while its leader waits, and the last batch closed, until it
+        # is finished and all its callers have returned
+        self._group_commit = durability == "always"
+        self._batch_mu = threading.Lock()
+        self._open_batch: _Batch | None = None
+        self._last_batch: _Batch | None = None
         self._flush_requested = False
         self._flush_wake = threading.Event()
         self._stop = threading.Event()
@@ -957,13 +1004,15 @@ class Engine:
                     return self._stage(key, entry)
                 finally:
                     self._exit()
-            self._lock_write()
-            try:
-                return self._write_entry_locked(key, entry)
-            finally:
-                flock(self._lock_fd, LOCK_UN)
+            if not self._group_commit:
+                self._lock_write()
+                try:
+                    return self._write_entry_locked(key, entry)
+                finally:
+                    flock(self._lock_fd, LOCK_UN)
         finally:
             lock.release()
+        return self._write_in_batch(_Item(key, entry, None))
 
     def modify_one(self, key: str, change: Callable[[Any], Entry | None]) -> int:
         """Read-modify-write of one key under the write lock: ``change`` gets
@@ -979,19 +1028,21 @@ class Engine:
                     return 0 if entry is None else self._stage(key, entry)
                 finally:
                     self._exit()
-            self._lock_write()
-            try:
-                v = self.data.get(key, _ABSENT)
-                x = self.exp.get(key)
-                if v is _ABSENT or (x is not None and x <= time.time()):
-                    entry = change(MISSING)
-                else:
-                    entry = change((v, x))
-                return 0 if entry is None else self._write_entry_locked(key, entry)
-            finally:
-                flock(self._lock_fd, LOCK_UN)
+            if not self._group_commit:
+                self._lock_write()
+                try:
+                    v = self.data.get(key, _ABSENT)
+                    x = self.exp.get(key)
+                    if v is _ABSENT or (x is not None and x <= time.time()):
+                        entry = change(MISSING)
+                    else:
+                        entry = change((v, x))
+                    return 0 if entry is None else self._write_entry_locked(key, entry)
+                finally:
+                    flock(self._lock_fd, LOCK_UN)
         finally:
             lock.release()
+        return self._write_in_batch(_Item(key, None, change))
 
     def _lock_write(self) -> None:
         """Take the write lock (caller holds self.lock, depth 0) and catch up."""
@@ -1011,10 +1062,7 @@ class Engine:
             raise
 
     def _write_entry_locked(self, key: str, entry: Entry) -> int:
-        if entry[0] == "s":
-            self._append(build_set_line(self.seq + 1, key, entry[2], entry[4], entry[3]))
-        else:
-            self._append(build_line(self.seq + 1, [_op_bytes(key, entry)]))
+        self._append(_entry_line(self.seq + 1, key, entry))
         self._apply_entries(((key, entry),), False)
         return self._tickets
 
@@ -1045,15 +1093,17 @@ class Engine:
         self._apply_entries(items, clear)
         return self._tickets
 
-    def _append(self, line: bytes) -> None:
+    def _append(self, lines: bytes, records: int = 1) -> None:
+        """Append ``records`` whole record lines (numbered from self.seq + 1)
+        with one write(2) and publish them. Caller holds the write lock."""
         if self._poisoned:
             raise StorageError(self._poisoned, poisoned=True)
         assert self.log is not None
         words = self._words
-        seq = self.seq + 1
+        seq = self.seq + records
         words[W_WRITER] = self._pid
         try:
-            end = self.log.append(line, self.log_end)
+            end = self.log.append(lines, self.log_end)
         except BaseException:
             words[W_WRITER] = 0  # the append cut its bytes back
             raise
@@ -1067,8 +1117,8 @@ class Engine:
         self.log_end = end
         self.seq = seq
         self._shm_seen = seq
-        self.wal_records += 1
-        self._tickets += 1
+        self.wal_records += records
+        self._tickets += records
         if end > self._compact_at:
             self._want_compaction = True
 
@@ -1081,10 +1131,174 @@ class Engine:
             if not self._flush_requested:
                 self._flush_requested = True
                 self._flush_wake.set()
-        elif mode == "always":
+        elif mode == "always" and self._synced_ticket < ticket:
             self._wait_synced(ticket)
         if self._want_compaction:
             self._start_auto_compaction()
+
+    # ------------------------------------------------------------ group commit
+    def _write_in_batch(self, item: _Item) -> int:
+        """durability="always": log ``item`` together with the calls of other
+        threads, one write(2) and one fdatasync for all; return once its
+        record is durable (its ticket), or raise what failed it.
+
+        A call that finds a batch taking calls joins it and waits. Otherwise
+        it leads a new batch: at once when the last batch is done with, else
+        once it is (its fdatasync finished and its callers all returned), and
+        the calls that arrive meanwhile join. So while one fdatasync runs,
+        the next batch gathers every thread that writes again at once.
+        """
+        wait = None
+        with self._batch_mu:
+            batch = self._open_batch
+            leader = batch is None
+            if leader:
+                batch = _Batch()
+                ahead = self._last_batch
+                if ahead is None:
+                    self._last_batch = batch  # closed at once: nobody to wait for
+                else:
+                    self._open_batch = batch
+                    wait = ahead.drained = threading.Lock()
+                    wait.acquire()
+            else:
+                item.wake = threading.Lock()
+                item.wake.acquire()
+            batch.items.append(item)
+            batch.inside += 1
+        try:
+            if leader:
+                self._lead(batch, wait)
+            else:
+                item.wake.acquire()
+        finally:
+            self._leave(batch)
+        if item.error is not None:
+            raise item.error
+        return item.ticket
+
+    def _leave(self, batch: _Batch) -> None:
+        """A call of ``batch`` returns to its caller; the last one lets the
+        next batch's leader go on."""
+        with self._batch_mu:
+            batch.inside -= 1
+            if not batch.inside and batch.finished:
+                if self._last_batch is batch:
+                    self._last_batch = None
+                if batch.drained is not None:
+                    batch.drained.release()
+
+    def _lead(self, batch: _Batch, wait: Any) -> None:
+        """Write and sync ``batch`` (after ``wait``, the batch ahead's
+        ``drained``); then release every call in it, each with its ticket or
+        its error."""
+        failure: BaseException | None = None
+        try:
+            if wait is not None:
+                wait.acquire()
+                with self._batch_mu:
+                    self._open_batch = None  # calls from now on form the next batch
+                    self._last_batch = batch
+            ticket = self._write_batch(batch.items)
+            if ticket:
+                self._wait_synced(ticket)
+        except BaseException as exc:
+            failure = exc
+        finally:
+            if failure is not None:
+                self._fail_batch(batch, failure)
+            with self._batch_mu:
+                if self._open_batch is batch:  # interrupted while it waited
+                    self._open_batch = None
+                batch.finished = True
+            for follower in batch.items[1:]:
+                follower.wake.release()
+
+    @staticmethod
+    def _fail_batch(batch: _Batch, failure: BaseException) -> None:
+        """Nothing of the batch is durable: every call raises. The leader
+        raises ``failure`` itself; the others raise it too unless it is not
+        an error of the store (an interrupt of the leader's thread), which
+        they get as a LogKVError."""
+        leader = batch.items[0]
+        for item in batch.items:
+            if item.error is not None:
+                continue  # its own change already failed; nothing was logged for it
+            if item is leader or isinstance(failure, Exception):
+                item.error = failure
+            else:
+                err = LogKVError("the thread writing this batch was interrupted before the "
+                                 "record was durable")
+                err.__cause__ = failure
+                item.error = err
+            item.ticket = 0
+
+    def _write_batch(self, items: list[_Item]) -> int:
+        """Take both locks (and catch up), number the items' records in order,
+        write them with one write(2), publish them and apply them to memory.
+        Return the ticket that covers them (0 when no item changed anything).
+
+        A read-modify-write item's change is computed here, under the lock,
+        against memory plus the earlier items of the batch; if it raises, only
+        that item fails. Memory is changed only after the write succeeded, so
+        a failed write leaves memory as the log is.
+        """
+        self._enter()
+        try:
+            seq = self.seq
+            written: list[tuple[str, Entry]] = []
+            lines: list[bytes] = []
+            view: dict[str, Any] = {}  # key -> what memory will hold (_held_after)
+            for item in items:
+                entry = item.entry
+                if entry is None:
+                    assert item.change is not None
+                    try:
+                        entry = item.change(self._batch_lookup(item.key, view))
+                    except Exception as exc:  # the caller's own error (TypeError, KeyError...)
+                        item.error = exc
+                        continue
+                    if entry is None:
+                        continue  # no change, nothing to log
+                    item.entry = entry
+                seq += 1
+                lines.append(_entry_line(seq, item.key, entry))
+                written.append((item.key, entry))
+                view[item.key] = self._held_after(item.key, entry, view)
+            if not lines:
+                return 0
+            self._append(b"".join(lines), len(lines))
+            self._apply_entries(written, False)
+            ticket = self._tickets
+            for item in items:
+                if item.error is None and item.entry is not None:
+                    item.ticket = ticket
+            return ticket
+        finally:
+            self._exit()
+
+    def _batch_lookup(self, key: str, view: dict[str, Any]) -> Any:
+        """``lookup(key)`` as it will be once the batch's earlier items are applied."""
+        r = view.get(key, _ABSENT)
+        if r is _ABSENT:
+            return self.lookup(key)
+        if r is None or (r[1] is not None and r[1] <= time.time()):
+            return MISSING
+        return r
+
+    def _held_after(self, key: str, entry: Entry, view: dict[str, Any]) -> Any:
+        """``(value, expires_at)`` that memory holds for ``key`` once ``entry``
+        is applied after ``view``, or None when absent: as _apply_entries
+        does it (an expiry change keeps an expired key's value)."""
+        kind = entry[0]
+        if kind == "s":
+            return (entry[1], entry[4])
+        if kind == "d":
+            return None
+        r = view.get(key, _ABSENT)
+        if r is _ABSENT:
+            r = (self.data[key], None) if key in self.data else None
+        return None if r is None else (r[0], entry[1])
 
     # ------------------------------------------------------------ durability
     def _wait_synced(self, ticket: int) -> None:
