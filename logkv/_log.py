@@ -29,6 +29,8 @@ from ._record import BODY_START, LINE_PREFIX, RecordError, parse_line, validate_
 _hexdigest = xxhash.xxh3_64_hexdigest
 _body = itemgetter(slice(BODY_START, None))
 _head = itemgetter(slice(0, BODY_START))
+_HEAD_OPEN = LINE_PREFIX.decode()
+_HEAD_SEP = '",' + _HEAD_OPEN
 _seq_of = itemgetter("s")
 _ops_of = itemgetter("o")
 
@@ -158,8 +160,7 @@ def decode_records(buf: bytes, start: int, prev_seq: int, path: str,
     # Every line's head -- {"x":"<checksum of its body>", -- checked in one
     # comparison of two joined strings (separate passes cost 0.25 s more
     # per million records).
-    sep = '",' + LINE_PREFIX.decode()
-    expected = (LINE_PREFIX.decode() + sep.join(map(_hexdigest, bodies)) + '",').encode()
+    expected = (_HEAD_OPEN + _HEAD_SEP.join(map(_hexdigest, bodies)) + '",').encode()
     ok = expected == b"".join(map(_head, lines))
     recs: Any = None
     if ok:
@@ -171,15 +172,23 @@ def decode_records(buf: bytes, start: int, prev_seq: int, path: str,
             ok = seqs == list(range(prev_seq + 1, prev_seq + 1 + n))
         except (orjson.JSONDecodeError, KeyError, TypeError):
             ok = False
-    if ok:
-        # The shape checks as C-level passes: a Python loop over the records
-        # cost 0.4 s per million.
+    exact = False
+    if ok and n <= 16:  # catching up on a few records: a plain loop is cheapest
+        for rec in recs:
+            if type(rec) is not dict or type(rec.get("o")) is not list:
+                ok = False
+                break
+            exact = exact or "j" in rec
+    elif ok:
+        # Many records: the shape checks as C-level passes (a Python loop
+        # over a million records cost 0.4 s, these 0.12 s).
         try:
             ok = (set(map(type, recs)) == {dict}
                   and set(map(type, map(_ops_of, recs))) == {list})
         except KeyError:
             ok = False
-    if ok and any(map(contains, recs, repeat("j"))):
+        exact = ok and any(map(contains, recs, repeat("j")))
+    if ok and exact:
         for i, rec in enumerate(recs):
             if "j" in rec:  # holds integers beyond 64 bits: reparse exactly
                 try:
