@@ -11,6 +11,7 @@ import io
 import os
 import platform
 import pstats
+import resource
 import statistics
 import subprocess
 import sys
@@ -95,6 +96,12 @@ class GcPauses:
     def stop(self) -> None:
         if self._cb in gc.callbacks:
             gc.callbacks.remove(self._cb)
+
+
+def involuntary_switches() -> int:
+    """How often the kernel has taken the CPU from this thread (preempted,
+    not waiting): a slow call with such a switch waited for a CPU."""
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
 
 
 def overlaps(span: tuple[float, float], others: list[tuple[float, float]]) -> bool:
