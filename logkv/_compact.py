@@ -110,15 +110,10 @@ def _compact(path: str, *, create_backup: bool, indent: int | None, sort_keys: b
                 fs.write(fd, head + raw.log.read(end, copied))
                 fs.fsync(fd)
                 say("installing snapshot and rotating the log")
-                # Step 4: .bak, rename, folder fsync -- without the write lock:
-                # the new snapshot with the old log is a store every opener
-                # reads correctly (the records it holds are skipped by
-                # sequence), the very state a crash after this step leaves.
-                # Writers never touch the snapshot. Done under the lock, its
-                # fsyncs held every writer ~40 ms at 1M keys.
-                install_snapshot(fs, path, tmp, create_backup=create_backup)
                 coord.lock()
                 try:
+                    # Step 4: .bak, rename, folder fsync.
+                    install_snapshot(fs, path, tmp, create_backup=create_backup)
                     # Step 5: the records appended since the copy, then rename.
                     if words[W_WRITER]:
                         raw._repair_after_dead_writer()
