@@ -799,6 +799,9 @@ class Engine:
         if self.log is not None and st is not None and (st.st_dev, st.st_ino) != self.log.inode():
             # A compactor renamed its new log in and died before publishing
             # it: publish it now (it was complete and synced before the rename).
+            # Its offset mapping may never have been written: the words still
+            # describe the rotation before, so say there is none to follow.
+            words[W_ROT_FROM] = NO_ROTATION
             words[W_END] = st.st_size
             words[W_GEN] = words[W_GEN] + 1
         elif self.log is not None:

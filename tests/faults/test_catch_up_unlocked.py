@@ -82,3 +82,58 @@ def test_a_compaction_in_between_is_followed_without_the_lock(store_path):
     finally:
         writer.close()
         behind.close()
+
+
+def test_a_compactor_that_died_after_its_rename_leaves_no_stale_offset_mapping(store_path):
+    """A compactor killed between renaming its new log in and publishing it
+    leaves the shared page describing the rotation before; the next lock
+    holder publishes the new log, and no store may map its offset with those
+    stale words (found by the soak: a store then replayed a record twice)."""
+    import logkv._compact as compact_mod
+    from logkv._compact import compact_store
+
+    a = LogKV(store_path, auto_compact=False, compact_on_close=False)
+    b = LogKV(store_path, auto_compact=False, compact_on_close=False)
+    try:
+        # Sizes chosen so that the stale mapping lands inside the new log:
+        # rotation 1 starts past what rotation 2 folds, and before its end.
+        for i in range(1200):
+            a[f"k{i}"] = i
+        a.compact()  # rotation 1: the page maps the old log's offsets onto the new one
+        for i in range(600):
+            a[f"m{i}"] = i
+        assert b["m599"] == 599  # b follows rotation 1 and reads well past its mapping
+        for i in range(300):
+            a[f"n{i}"] = i
+
+        class Died(Exception):
+            pass
+
+        real = compact_mod.DEFAULT_FS.replace
+
+        def replace_then_die(src, dst):
+            real(src, dst)
+            if dst.endswith(".wal"):
+                raise Died  # as if killed right after the rename: nothing published
+
+        real_open = compact_mod.DEFAULT_FS.open
+
+        def open_and_write_more(path, flags, *mode):
+            if path.endswith(".wal.tmp"):
+                # Records that arrive while the new log is prepared are copied
+                # into it: it grows past the stale mapping's target offset.
+                for i in range(1500):
+                    a[f"p{i}"] = i
+            return real_open(path, flags, *mode)
+
+        fs = type("DyingFS", (type(compact_mod.DEFAULT_FS),), {})()
+        fs.replace = replace_then_die
+        fs.open = open_and_write_more
+        with pytest.raises(Died):
+            compact_store(store_path, fs=fs)
+        a["after"] = 1  # the next lock holder publishes the renamed log
+        assert b.copy() == a.copy()
+        assert b["n299"] == 299 and b["after"] == 1
+    finally:
+        a.close()
+        b.close()
