@@ -4,12 +4,10 @@ spread and a ratio to their anchor measured in the same run; checks are the
 §6 targets that the workload decides."""
 from __future__ import annotations
 
-import gc
 import json
 import os
 import shutil
 import sqlite3
-import sys
 import threading
 import time
 import tracemalloc
