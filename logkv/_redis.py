@@ -582,16 +582,12 @@ class _Ops:
         }
 
     def _op_flush(self) -> Op:
-        # WAITAOF (Redis 7.2+) returns once the server has fsynced every write
-        # this connection made. Older servers have no way to ask: their
-        # appendfsync setting alone decides (see the README).
-        try:
-            yield (CMD, ("WAITAOF", 1, 0, 0))
-        except Exception as exc:  # redis.ResponseError, without importing redis
-            text = str(exc).lower()
-            if "unknown command" not in text and "appendonly" not in text:
-                raise
-            yield (CMD, ("PING",))
+        # Every call already waited for the server's reply, so there is
+        # nothing left to send; the round trip checks the server is there.
+        # When a write reaches the disk is the server's appendfsync setting
+        # (README). WAITAOF cannot stand in: it waits only for the writes of
+        # the connection it is sent on, and RedisKV's calls use a pool.
+        yield (CMD, ("PING",))
 
     def _op_reload(self) -> Op:
         # Nothing is cached: every read already comes from the server.
