@@ -39,6 +39,7 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 
 from . import _rules
+from ._aio import _OpenMethod
 from ._errors import ClosedError, CorruptionError, LogKVError, TransactionConflict
 from ._record import ValueCodec
 from ._rules import MISSING, NO_DEFAULT, optional_expiry
@@ -919,7 +920,11 @@ class AsyncRedisKV(_RedisBase, _Ops):
         import redis.asyncio as aredis
         self._setup(url, prefix, serializer, deserializer, client, aredis.Redis, redis_options)
 
-    async def open(self) -> "AsyncRedisKV":
+    # As AsyncLogKV's: ``AsyncRedisKV.open(url, **kw)`` on the class (await
+    # it, or ``async with`` it), ``await db.open()`` on a store.
+    open = _OpenMethod()
+
+    async def _open(self) -> "AsyncRedisKV":
         """Connect and check the server (done by the first call otherwise)."""
         root = self._root
         if root.version is None:
@@ -927,7 +932,7 @@ class AsyncRedisKV(_RedisBase, _Ops):
         return self
 
     async def __aenter__(self) -> "AsyncRedisKV":
-        return await self.open()
+        return await self._open()
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.close()
@@ -980,7 +985,7 @@ class _AsyncTransaction:
             self._saved = dict(tx.staged)
             self._tx = tx
             return self._db
-        await self._db.open()
+        await self._db._open()
         self._tx = _Tx()
         self._token = _TXS.set(_TXS.get() + ((root, self._tx),))
         return self._db

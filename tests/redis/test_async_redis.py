@@ -10,7 +10,7 @@ import pytest
 from logkv import AsyncLogKV, AsyncRedisKV, ClosedError, LogKV, RedisKV, TransactionConflict
 
 # What only the file engine has, on purpose (README: "When you outgrow one machine").
-FILE_ONLY = {"path", "sync", "open"}
+FILE_ONLY = {"path", "sync"}
 
 
 def _public(cls):
@@ -105,6 +105,19 @@ def test_async_transaction_commits_rolls_back_and_conflicts(redis_url):
 
     async def _outside(store):
         return await store.get("t")
+
+    asyncio.run(run())
+
+
+def test_open_on_the_class_and_on_a_store(redis_url):
+    async def run():
+        async with AsyncRedisKV.open(redis_url, prefix="o:") as db:
+            await db.set("a", 1)
+        assert db.closed
+        db2 = await AsyncRedisKV.open(redis_url, prefix="o:")
+        assert await db2.get("a") == 1
+        assert await db2.open() is db2
+        await db2.close()
 
     asyncio.run(run())
 
