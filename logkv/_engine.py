@@ -429,7 +429,14 @@ class Engine:
         words = self._words
         for _round in range(4):
             end = words[W_END]
-            if words[W_GEN] != gen or end - self.log_end < 65536 or self.log is None:
+            # The end must be this generation's: a compactor publishes the new
+            # log's end before the new generation, with W_WRITER marked from
+            # its rename until after both. Read past it, the old file could
+            # yield a record that was never published and that the compactor
+            # then cut (found by the soak: a reader applied such a phantom
+            # and later mapped its offset one record off).
+            if (words[W_WRITER] or words[W_GEN] != gen or end - self.log_end < 65536
+                    or self.log is None):
                 return
             self._apply_tail(self.log.read(self.log_end, end), self.log_end)
 

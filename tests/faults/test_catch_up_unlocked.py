@@ -137,3 +137,41 @@ def test_a_compactor_that_died_after_its_rename_leaves_no_stale_offset_mapping(s
     finally:
         a.close()
         b.close()
+
+
+def test_read_ahead_ignores_an_end_published_for_the_next_log(store_path):
+    """A compactor publishes the new log's end before the new generation; a
+    store reading ahead without the lock in between must not take that end
+    for the old log's, or it reads an unpublished record the compactor is
+    about to cut (the soak found a store that did, then followed the rotation
+    one record off)."""
+    from logkv._lock import W_END, W_SEQ, W_WRITER
+    from logkv._record import build_set_line
+
+    a = LogKV(store_path, auto_compact=False, compact_on_close=False)
+    b = LogKV(store_path, auto_compact=False, compact_on_close=False)
+    try:
+        b["start"] = 1
+        for i in range(2000):  # well past the 64 KiB read-ahead step
+            a[f"k{i}"] = {"i": i, "pad": "x" * 40}
+        words = a._e._words
+        published_end, published_seq = words[W_END], words[W_SEQ]
+        # A writer died after writing its record, before publishing it ...
+        phantom = build_set_line(published_seq + 1, "phantom", b"1", None, False)
+        with open(store_path + ".wal", "ab") as f:
+            f.write(phantom)
+        # ... and a compactor, mid-publication, has set its new log's end
+        # (here larger than the old log's) but not yet the new generation.
+        words[W_WRITER] = os.getpid()
+        words[W_END] = published_end + len(phantom)
+        with b._e.lock:
+            b._e._prefetch()
+        assert b._e.seq <= published_seq
+        assert "phantom" not in b._e.data
+        words[W_END] = published_end
+        words[W_WRITER] = 0
+        os.truncate(store_path + ".wal", published_end)
+        assert b["k1999"]["i"] == 1999 and "phantom" not in b
+    finally:
+        a.close()
+        b.close()
