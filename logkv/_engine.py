@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import re
 import secrets
 import subprocess
 import threading
@@ -26,7 +27,7 @@ from ._lock import (MAGIC, NO_ROTATION, W_COMPACTIONS, W_END, W_GEN, W_LAST_COMP
 from ._log import (LogFile, LogHeader, apply_ops, decode_records, locate_record,
                    parse_header, replay_start)
 from ._rules import MISSING
-from ._record import (OP_CLEAR, RecordError, ValueCodec, build_header, build_line,
+from ._record import (BODY_START, OP_CLEAR, RecordError, ValueCodec, build_header, build_line,
                       build_set_line, op_delete,
                       op_expire, op_set, validate_op)
 from ._snapshot import Snapshot, load_snapshot
@@ -67,6 +68,24 @@ def _entry_line(seq: int, key: str, entry: Entry) -> bytes:
     if entry[0] == "s":
         return build_set_line(seq, key, entry[2], entry[4], entry[3])
     return build_line(seq, [_op_bytes(key, entry)])
+
+
+_SEQ_AT_BODY = re.compile(rb'"s":(\d+)')
+
+
+def _cut_unpublished(buf: bytes, start: int, last_published: int) -> bytes:
+    """``buf`` without the whole lines at its end numbered above
+    ``last_published``: a record a writer wrote and died before publishing
+    (the next writer will cut it), which a read-only store, which never
+    repairs, must not take in. Also drops a torn partial line."""
+    end = buf.rfind(b"\n") + 1
+    while end > start:
+        line = buf.rfind(b"\n", start, end - 1) + 1 or start
+        m = _SEQ_AT_BODY.match(buf, line + BODY_START)
+        if m is None or int(m.group(1)) <= last_published:
+            break
+        end = line
+    return buf[:end]
 
 
 def _merge(staged: dict[str, Entry], key: str, entry: Entry) -> None:
@@ -514,6 +533,11 @@ class Engine:
             self._load_salvaged(snap, buf)
             return
         header = parse_header(buf, self.wal_path)
+        if self.read_only and self.coord.words is not None and words[W_MAGIC] == MAGIC:
+            # Read-only stores read the file to its end (its published end
+            # may describe another file after a compactor died mid-rotation)
+            # and keep only what was published.
+            buf = _cut_unpublished(buf, header.end, words[W_SEQ])
         start = replay_start(snap.log_id, snap.seq, snap.fingerprint, header,
                              buf.find(b"\n", header.end) >= 0, self.wal_path, self.path)
         self.log_id = header.log_id
@@ -893,7 +917,11 @@ class Engine:
         continue from our own sequence, or reload everything if the part we
         had not seen yet was folded into the snapshot."""
         words = self._words
-        if self._adopt_rotated_log(locked=True):
+        # A read-only store does not repair after a process that died
+        # mid-step (W_WRITER still set): the file at the path may then be a
+        # compactor's unpublished new log, which the page does not describe.
+        unrepaired = self.read_only and words[W_WRITER]
+        if not unrepaired and self._adopt_rotated_log(locked=True):
             self._shm_seen = words[W_SEQ]
             return
         try:
@@ -901,13 +929,16 @@ class Engine:
         except FileNotFoundError:
             self._reload_all()
             return
-        end = words[W_END] if self.coord.words is not None else new.size()
+        shared = self.coord.words is not None
+        end = words[W_END] if shared and not unrepaired else new.size()
         buf = new.read(0, end)
         try:
             header = parse_header(buf, self.wal_path)
         except CorruptionError:
             new.close()
             raise
+        if unrepaired and shared:
+            buf = _cut_unpublished(buf, header.end, words[W_SEQ])
         if header.log_id == self.log_id and header.base_seq > self.seq and self.log is not None:
             # Behind the compaction point: the old file, still open here, holds
             # every record up to the rotation (writers check the generation

@@ -175,3 +175,38 @@ def test_read_ahead_ignores_an_end_published_for_the_next_log(store_path):
     finally:
         a.close()
         b.close()
+
+
+def test_a_read_only_store_never_takes_in_a_dead_writers_record(store_path):
+    """A writer killed after writing its record and before publishing it
+    leaves the record in the log until the next writer cuts it. A read-only
+    store (it never repairs) that opens in between must not take it in: the
+    next writer writes a different record with the same sequence number in
+    its place (the soak saw a read-only store hold such a value, below an
+    acknowledged counter, or read the log one record off later)."""
+    from logkv._lock import W_SEQ, W_WRITER
+    from logkv._record import build_set_line
+
+    a = LogKV(store_path, auto_compact=False, compact_on_close=False)
+    try:
+        for i in range(10):
+            a["counter"] = i
+        words = a._e._words
+        phantom = build_set_line(words[W_SEQ] + 1, "counter", b"999", None, False)
+        with open(store_path + ".wal", "ab") as f:
+            f.write(phantom)
+        words[W_WRITER] = 999_999  # the dead writer's mark
+        ro = LogKV(store_path, read_only=True)
+        try:
+            assert ro["counter"] == 9
+            a["counter"] = 10  # repairs (cuts the phantom), then writes seq+1 itself
+            a["other"] = "x" * 50
+            assert ro["counter"] == 10 and ro["other"] == "x" * 50
+            assert ro.copy() == a.copy()
+            a.compact()
+            a["after"] = 1
+            assert ro.copy() == a.copy()
+        finally:
+            ro.close()
+    finally:
+        a.close()
