@@ -426,6 +426,12 @@ class Engine:
                 # Rotated: the old file, still open here, is final (the
                 # compactor cut any unpublished tail before rotating), and
                 # its records past ours are the ones to apply first.
+                # Final only if it is no longer the file at the path: a store
+                # that opened while a dead compactor's new log sat there,
+                # unpublished, holds that very file, which is live now.
+                current = _ident(self.fs.stat(self.wal_path))
+                if current is None or current[:2] == self.log.inode():
+                    return
                 size = self.log.size()
                 if size - self.log_end >= 65536:
                     self._apply_tail(self.log.read(self.log_end, size), self.log_end)
@@ -944,7 +950,10 @@ class Engine:
             # every record up to the rotation (writers check the generation
             # under the lock before they append), so read the rest from it
             # rather than reload the whole snapshot.
-            self._apply_tail(self.log.read(self.log_end, self.log.size()), self.log_end)
+            tail = self.log.read(self.log_end, self.log.size())
+            # Only what was published: this may be the live file after all
+            # (see _prefetch), with a dead writer's record at its end.
+            self._apply_tail(_cut_unpublished(tail, 0, words[W_SEQ]), self.log_end)
         if header.log_id != self.log_id or header.base_seq > self.seq:
             new.close()
             self._reload_all()
