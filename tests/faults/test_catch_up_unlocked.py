@@ -210,3 +210,60 @@ def test_a_read_only_store_never_takes_in_a_dead_writers_record(store_path):
             ro.close()
     finally:
         a.close()
+
+
+def test_a_read_only_store_on_a_dead_compactors_log_reads_it_as_live(store_path):
+    """A read-only store that opens while a dead compactor's new log sits,
+    unpublished, at the path holds that very file; once a writer publishes
+    it, it is the live log, not an old one to read to its end (where a dead
+    writer's unpublished record may lie)."""
+    import logkv._compact as compact_mod
+    from logkv._compact import compact_store
+    from logkv._lock import W_SEQ, W_WRITER
+    from logkv._record import build_set_line
+
+    a = LogKV(store_path, auto_compact=False, compact_on_close=False)
+    try:
+        for i in range(200):
+            a[f"k{i}"] = i
+        real = compact_mod.DEFAULT_FS.replace
+
+        class Died(Exception):
+            pass
+
+        def replace_then_die(src, dst):
+            real(src, dst)
+            if dst.endswith(".wal"):
+                raise Died
+
+        fs = type("DyingFS", (type(compact_mod.DEFAULT_FS),), {})()
+        fs.replace = replace_then_die
+        words = a._e._words
+        before = [words[i] for i in range(10)]
+        with pytest.raises(Died):
+            compact_store(store_path, fs=fs)
+        # In this process the compactor's own close repaired at once; put the
+        # page back as a killed compactor leaves it: renamed, nothing published.
+        for i in range(1, 10):
+            words[i] = before[i]
+        words[W_WRITER] = 999_999
+        ro = LogKV(store_path, read_only=True)  # opens the unpublished new log
+        assert ro._e.log.inode() == (os.stat(store_path + ".wal").st_dev,
+                                     os.stat(store_path + ".wal").st_ino)
+        try:
+            for i in range(2000):  # publishes it (repair), then well past 64 KiB
+                a[f"m{i}"] = {"i": i, "pad": "x" * 40}
+            published = words[W_SEQ]
+            with open(store_path + ".wal", "ab") as f:
+                f.write(build_set_line(published + 1, "phantom", b"1", None, False))
+            words[W_WRITER] = 999_999  # a writer died before publishing it
+            with ro._e.lock:
+                ro._e._prefetch()
+            assert ro._e.seq <= published and "phantom" not in ro._e.data
+            assert ro["m1999"]["i"] == 1999 and "phantom" not in ro
+            a["after"] = 1  # repairs: the phantom is cut
+            assert ro.copy() == a.copy()
+        finally:
+            ro.close()
+    finally:
+        a.close()
