@@ -84,14 +84,37 @@ def test_a_compaction_in_between_is_followed_without_the_lock(store_path):
         behind.close()
 
 
+class _CompactorDied(Exception):
+    pass
+
+
+def _compact_and_die_after_rename(store_path, *, while_preparing=None):
+    """Run a compaction that stops right after renaming its new log in, as if
+    killed there (nothing published); ``while_preparing`` runs when the new
+    log is about to be written."""
+    from logkv import _compact
+    from logkv._fs import FileSystem
+
+    class DyingFS(FileSystem):
+        def open(self, path, flags, mode=0o644):
+            if while_preparing is not None and path.endswith(".wal.tmp"):
+                while_preparing()
+            return super().open(path, flags, mode)
+
+        def replace(self, src, dst):
+            super().replace(src, dst)
+            if dst.endswith(".wal"):
+                raise _CompactorDied
+
+    with pytest.raises(_CompactorDied):
+        _compact.compact_store(store_path, fs=DyingFS())
+
+
 def test_a_compactor_that_died_after_its_rename_leaves_no_stale_offset_mapping(store_path):
     """A compactor killed between renaming its new log in and publishing it
     leaves the shared page describing the rotation before; the next lock
     holder publishes the new log, and no store may map its offset with those
     stale words (found by the soak: a store then replayed a record twice)."""
-    import logkv._compact as compact_mod
-    from logkv._compact import compact_store
-
     a = LogKV(store_path, auto_compact=False, compact_on_close=False)
     b = LogKV(store_path, auto_compact=False, compact_on_close=False)
     try:
@@ -106,31 +129,13 @@ def test_a_compactor_that_died_after_its_rename_leaves_no_stale_offset_mapping(s
         for i in range(300):
             a[f"n{i}"] = i
 
-        class Died(Exception):
-            pass
+        def write_more():
+            # Records that arrive while the new log is prepared are copied
+            # into it: it grows past the stale mapping's target offset.
+            for i in range(1500):
+                a[f"p{i}"] = i
 
-        real = compact_mod.DEFAULT_FS.replace
-
-        def replace_then_die(src, dst):
-            real(src, dst)
-            if dst.endswith(".wal"):
-                raise Died  # as if killed right after the rename: nothing published
-
-        real_open = compact_mod.DEFAULT_FS.open
-
-        def open_and_write_more(path, flags, *mode):
-            if path.endswith(".wal.tmp"):
-                # Records that arrive while the new log is prepared are copied
-                # into it: it grows past the stale mapping's target offset.
-                for i in range(1500):
-                    a[f"p{i}"] = i
-            return real_open(path, flags, *mode)
-
-        fs = type("DyingFS", (type(compact_mod.DEFAULT_FS),), {})()
-        fs.replace = replace_then_die
-        fs.open = open_and_write_more
-        with pytest.raises(Died):
-            compact_store(store_path, fs=fs)
+        _compact_and_die_after_rename(store_path, while_preparing=write_more)
         a["after"] = 1  # the next lock holder publishes the renamed log
         assert b.copy() == a.copy()
         assert b["n299"] == 299 and b["after"] == 1
@@ -217,8 +222,6 @@ def test_a_read_only_store_on_a_dead_compactors_log_reads_it_as_live(store_path)
     unpublished, at the path holds that very file; once a writer publishes
     it, it is the live log, not an old one to read to its end (where a dead
     writer's unpublished record may lie)."""
-    import logkv._compact as compact_mod
-    from logkv._compact import compact_store
     from logkv._lock import W_SEQ, W_WRITER
     from logkv._record import build_set_line
 
@@ -226,22 +229,9 @@ def test_a_read_only_store_on_a_dead_compactors_log_reads_it_as_live(store_path)
     try:
         for i in range(200):
             a[f"k{i}"] = i
-        real = compact_mod.DEFAULT_FS.replace
-
-        class Died(Exception):
-            pass
-
-        def replace_then_die(src, dst):
-            real(src, dst)
-            if dst.endswith(".wal"):
-                raise Died
-
-        fs = type("DyingFS", (type(compact_mod.DEFAULT_FS),), {})()
-        fs.replace = replace_then_die
         words = a._e._words
         before = [words[i] for i in range(10)]
-        with pytest.raises(Died):
-            compact_store(store_path, fs=fs)
+        _compact_and_die_after_rename(store_path)
         # In this process the compactor's own close repaired at once; put the
         # page back as a killed compactor leaves it: renamed, nothing published.
         for i in range(1, 10):
