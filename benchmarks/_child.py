@@ -29,28 +29,17 @@ def _wait_go() -> None:
 def writer(path: str) -> None:
     from logkv import LogKV
 
-    from bench_lib import GcPauses, involuntary_switches
+    from bench_lib import GcPauses, set_until
 
     s = LogKV(path, compact_on_close=False, auto_compact=False)
     stop = threading.Event()
     gcp = GcPauses()
     _wait_go()
     threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
-    slow: list[tuple[float, float, bool]] = []
-    n = 0
     mono = time.monotonic
     first = mono()
-    worst = 0.0
-    while not stop.is_set():
-        sw = involuntary_switches()
-        t = mono()
-        s.set("proc:%d" % (n % 1000), n)
-        d = mono() - t
-        n += 1
-        if d > 0.001:
-            slow.append((t, d, involuntary_switches() > sw))
-        if d > worst:
-            worst = d
+    n, slow = set_until(s, "proc", stop)
+    worst = max([d for _t, d, _p in slow] or [0.0])
     last = mono()
     s.close()
     gcp.stop()

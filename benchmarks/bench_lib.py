@@ -104,6 +104,23 @@ def involuntary_switches() -> int:
     return resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
 
 
+def set_until(store: Any, prefix: str, stop: Any) -> tuple[int, list[tuple[float, float, bool]]]:
+    """Set keys ``prefix:0..999`` in a loop until ``stop`` is set; return the
+    count and every set slower than 1 ms as (start, seconds, preempted)."""
+    slow: list[tuple[float, float, bool]] = []
+    mono = time.monotonic
+    n = 0
+    while not stop.is_set():
+        sw = involuntary_switches()
+        t = mono()
+        store.set("%s:%d" % (prefix, n % 1000), n)
+        d = mono() - t
+        n += 1
+        if d > 0.001:
+            slow.append((t, d, involuntary_switches() > sw))
+    return n, slow
+
+
 def overlaps(span: tuple[float, float], others: list[tuple[float, float]]) -> bool:
     t, d = span
     return any(s < t + d and t < s + e for s, e in others)

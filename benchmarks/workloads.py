@@ -18,7 +18,7 @@ import orjson
 import statistics
 import xxhash
 
-from bench_lib import (GcPauses, Peers, involuntary_switches, RedisServer, expect_line, fsync_dir, gc_off, key_of, overlaps,
+from bench_lib import (GcPauses, Peers, set_until, RedisServer, expect_line, fsync_dir, gc_off, key_of, overlaps,
                        profile_text, redis_server_binary, remove_side_files, row, settle,
                        spawn_child, timed, write_aiodict_file, write_plain_file)
 
@@ -773,17 +773,8 @@ def w_compaction(ctx: Ctx) -> dict[str, Any]:
             tcount = [0]
 
             def writer() -> None:
-                mono = time.monotonic
-                j = 0
-                while not stop.is_set():
-                    sw = involuntary_switches()
-                    t = mono()
-                    s.set("thread:%d" % (j % 1000), j)
-                    dd = mono() - t
-                    j += 1
-                    if dd > 0.001:
-                        slow.append((t, dd, involuntary_switches() > sw))
-                tcount[0] = j
+                tcount[0], found = set_until(s, "thread", stop)
+                slow.extend(found)
 
             settle()
             gcp = GcPauses()
