@@ -15,7 +15,6 @@ import threading
 import time
 import weakref
 from contextlib import contextmanager
-from fcntl import LOCK_EX, LOCK_NB, LOCK_UN, flock
 from typing import Any, Callable, Iterable, Iterator
 
 from ._errors import (ClosedError, CorruptionError, LogKVError, LogMismatchError, ReadOnlyError,
@@ -34,7 +33,6 @@ from ._snapshot import Snapshot, load_snapshot
 
 log = logging.getLogger("logkv")
 
-LOCK_EX_NB = LOCK_EX | LOCK_NB
 _ABSENT: Any = object()
 DURABILITY_MODES = ("always", "interval", "os")
 # What opening does with a log damaged in the middle (RocksDB's WAL recovery
@@ -319,7 +317,6 @@ class Engine:
             os.makedirs(self.folder, exist_ok=True)
         self.lock_timeout = lock_timeout
         self.coord: Coordinator
-        self._lock_fd = -1
         self._words: Any = None
         self._snap_ident: tuple | None = None
         if recovery not in RECOVERY_MODES:
@@ -342,7 +339,6 @@ class Engine:
         """Map the shared page and load the store (after a failure nothing is held)."""
         self.coord = Coordinator(self.fs, self.path, read_only=self.read_only,
                                  timeout=self.lock_timeout)
-        self._lock_fd = self.coord.lock_fd
         self._words = self.coord.words if self.coord.words is not None \
             else _StatWords(self.wal_path)
         self._salvage_policy = salvage
@@ -1061,7 +1057,7 @@ class Engine:
                 try:
                     return self._write_entry_locked(key, entry)
                 finally:
-                    flock(self._lock_fd, LOCK_UN)
+                    self.coord.unlock()
         finally:
             lock.release()
         return self._write_in_batch(_Item(key, entry, None))
@@ -1091,26 +1087,26 @@ class Engine:
                         entry = change((v, x))
                     return 0 if entry is None else self._write_entry_locked(key, entry)
                 finally:
-                    flock(self._lock_fd, LOCK_UN)
+                    self.coord.unlock()
         finally:
             lock.release()
         return self._write_in_batch(_Item(key, None, change))
 
     def _lock_write(self) -> None:
-        """Take the write lock (caller holds self.lock, depth 0) and catch up."""
+        """Take the write lock (caller holds self.lock, depth 0) and catch up;
+        release with ``coord.unlock()``. The garbage collector stays paused
+        in between (_lock.py says why)."""
         w = self._words
         if w[W_GEN] != self.log_gen or w[W_END] - self.log_end >= 65536:
             self._prefetch()  # far behind: read most of it before locking
-        try:
-            flock(self._lock_fd, LOCK_EX_NB)
-        except BlockingIOError:
-            self.coord.lock()
+        coord = self.coord
+        coord.lock()
         try:
             w = self._words
             if w[W_SEQ] != self.seq or w[W_GEN] != self.log_gen or w[W_WRITER]:
                 self._catch_up_locked()
         except BaseException:
-            flock(self._lock_fd, LOCK_UN)
+            coord.unlock()
             raise
 
     def _write_entry_locked(self, key: str, entry: Entry) -> int:
