@@ -20,8 +20,8 @@ from typing import Callable
 
 from ._errors import LogKVError, StorageError
 from ._fs import DEFAULT_FS, FileSystem
-from ._lock import (W_COMPACTIONS, W_END, W_GEN, W_LAST_COMPACTION_MS, W_ROT_FROM, W_ROT_TO,
-                    W_SNAPSHOT_SIZE, W_WRITER)
+from ._lock import (W_COMPACTIONS, W_END, W_GEN, W_LAST_COMPACTION_HOLD_US,
+                    W_LAST_COMPACTION_MS, W_ROT_FROM, W_ROT_TO, W_SNAPSHOT_SIZE, W_WRITER)
 from ._record import ValueCodec, build_header
 from ._snapshot import (encode_snapshot, install_snapshot, remove_stale_temps, set_aside_old_backup,
                         write_snapshot)
@@ -38,6 +38,7 @@ class CompactResult:
     keys: int
     seq: int
     seconds: float
+    longest_lock_hold: float  # seconds: the most any writer waited for this compaction
 
 
 def compact_store(path: str, *, create_backup: bool = True, indent: int | None = None,
@@ -81,6 +82,7 @@ def _compact(path: str, *, create_backup: bool, indent: int | None, sort_keys: b
             # to it, so the snapshot is never ahead of the durable log.
             raw.read_ahead(raw.log_gen)  # most of what arrived since the open, unlocked
             coord.lock()
+            held = time.monotonic()
             try:
                 raw._catch_up_locked()
                 seq, end, log_id = raw.seq, raw.log_end, raw.log_id
@@ -89,6 +91,7 @@ def _compact(path: str, *, create_backup: bool, indent: int | None, sort_keys: b
                 raw.log.sync()
             finally:
                 coord.unlock()
+                longest_hold = time.monotonic() - held
             # Step 3: build and write the new snapshot with no lock held.
             say(f"writing {len(raw.data)} keys")
             payload = encode_snapshot(raw.data, raw.exp, log_id, seq, indent=indent,
@@ -111,6 +114,7 @@ def _compact(path: str, *, create_backup: bool, indent: int | None, sort_keys: b
                 fs.fsync(fd)
                 say("installing snapshot and rotating the log")
                 coord.lock()
+                held = time.monotonic()
                 try:
                     # Step 4: .bak, rename, folder fsync.
                     install_snapshot(fs, path, tmp, create_backup=create_backup)
@@ -139,6 +143,9 @@ def _compact(path: str, *, create_backup: bool, indent: int | None, sort_keys: b
                     log_after = len(head) + tail_len
                 finally:
                     coord.unlock()
+                    longest_hold = max(longest_hold, time.monotonic() - held)
+                # One aligned word, written after the release: read by stats() only.
+                words[W_LAST_COMPACTION_HOLD_US] = int(longest_hold * 1e6)
             finally:
                 fs.close(fd)
             if aside is not None:
@@ -148,7 +155,7 @@ def _compact(path: str, *, create_backup: bool, indent: int | None, sort_keys: b
     finally:
         raw.close()
     return CompactResult(snap_before, log_before, len(payload), log_after, keys, seq,
-                         time.monotonic() - t0)
+                         time.monotonic() - t0, longest_hold)
 
 
 def _child_command(path: str, *, create_backup: bool, indent: int | None, sort_keys: bool,

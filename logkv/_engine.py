@@ -20,9 +20,9 @@ from typing import Any, Callable, Iterable, Iterator
 from ._errors import (ClosedError, CorruptionError, LogKVError, LogMismatchError, ReadOnlyError,
                       StorageError)
 from ._fs import DEFAULT_FS, FileSystem
-from ._lock import (MAGIC, NO_ROTATION, W_COMPACTIONS, W_END, W_GEN, W_LAST_COMPACTION_MS,
-                    W_MAGIC, W_ROT_FROM, W_ROT_TO, W_SEQ, W_SNAPSHOT_SIZE, W_WRITER,
-                    Coordinator)
+from ._lock import (MAGIC, NO_ROTATION, W_COMPACTIONS, W_END, W_GEN, W_LAST_COMPACTION_HOLD_US,
+                    W_LAST_COMPACTION_MS, W_MAGIC, W_ROT_FROM, W_ROT_TO, W_SEQ, W_SNAPSHOT_SIZE,
+                    W_WRITER, Coordinator)
 from ._log import (LogFile, LogHeader, apply_ops, decode_records, locate_record,
                    parse_header, replay_start)
 from ._rules import MISSING
@@ -584,6 +584,7 @@ class Engine:
             if not keep:
                 words[W_COMPACTIONS] = 0
                 words[W_LAST_COMPACTION_MS] = 0
+                words[W_LAST_COMPACTION_HOLD_US] = 0
             words[W_SNAPSHOT_SIZE] = snap.size
             words[W_ROT_FROM] = NO_ROTATION
             words[W_MAGIC] = MAGIC
@@ -1677,6 +1678,8 @@ class Engine:
             "durability": self.durability,
             "compactions": words[W_COMPACTIONS] if shared else 0,
             "last_compaction": (last_ms / 1000.0) if last_ms else None,
+            "last_compaction_lock_hold_ms": (words[W_LAST_COMPACTION_HOLD_US] / 1000.0)
+            if last_ms else None,
             "recovered_records": self.recovered_records,
             "dropped_tail_bytes": self.dropped_tail_bytes,
             "sequence": self.seq,

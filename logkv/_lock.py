@@ -45,6 +45,9 @@ W_SNAPSHOT_SIZE = 7  # size of db.json after the last compaction
 # log up to X >= ROT_FROM continues in the new one at ROT_TO + X - ROT_FROM.
 W_ROT_FROM = 8
 W_ROT_TO = 9
+# The longest write-lock hold of the last compaction, in microseconds: the
+# most it can have made any writer wait (stats()["last_compaction_lock_hold_ms"]).
+W_LAST_COMPACTION_HOLD_US = 10
 NO_ROTATION = (1 << 64) - 1
 
 _F_OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", None)

@@ -127,6 +127,8 @@ def cmd_compact(args: argparse.Namespace) -> int:
     print(f"  log       before {_size(result.log_before)}")
     print(f"            after  {_size(result.log_after)}")
     print(f"  total     {_human(before)} -> {_human(after)}")
+    print(f"  writers held up at most {result.longest_lock_hold * 1000:.1f} ms "
+          "(the longest write-lock hold)")
     return EXIT_OK
 
 

@@ -682,6 +682,7 @@ LOG_STATS_KEYS = {
     "durability",
     "compactions",
     "last_compaction",
+    "last_compaction_lock_hold_ms",
     "recovered_records",
     "dropped_tail_bytes",
 }
@@ -791,6 +792,8 @@ def test_stats_compactions(db, store_path):
     after = db.stats()
     assert after["compactions"] == before["compactions"] + 1
     assert after["last_compaction"] is not None
+    assert before["last_compaction_lock_hold_ms"] is None
+    assert after["last_compaction_lock_hold_ms"] >= 0
     assert after["keys"] == 1
 
 
