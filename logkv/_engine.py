@@ -24,7 +24,7 @@ from ._fs import DEFAULT_FS, FileSystem
 from ._lock import (MAGIC, NO_ROTATION, W_COMPACTIONS, W_END, W_GEN, W_LAST_COMPACTION_MS,
                     W_MAGIC, W_ROT_FROM, W_ROT_TO, W_SEQ, W_SNAPSHOT_SIZE, W_WRITER,
                     Coordinator)
-from ._log import (LogFile, LogHeader, apply_ops, decode_records, locate_record,
+from ._log import (LogFile, LogHeader, apply_ops, decode_chunks, locate_record,
                    parse_header, replay_start)
 from ._rules import MISSING
 from ._record import (BODY_START, OP_CLEAR, RecordError, ValueCodec, build_header, build_line,
@@ -622,11 +622,27 @@ class Engine:
 
     def _replay(self, buf: bytes, header: LogHeader, start: int) -> int:
         """Apply the records of the log ``buf`` with sequence > ``start``; return the last seq."""
-        recs, end = decode_records(buf, header.end, header.base_seq, self.wal_path)
-        self.recovered_records = self._apply_records(recs, start, buf, header.end, 0)
-        self.wal_records = len(recs)
-        self.log_end = end
-        return recs[-1]["s"] if recs else header.base_seq
+        self.log_end = header.end
+        self.wal_records = 0
+        self.recovered_records = self._apply_log(buf, header.end, header.base_seq, start, 0)
+        # Sequences are consecutive from the base (decode_chunks checks it).
+        return header.base_seq + self.wal_records
+
+    def _apply_log(self, buf: bytes, start: int, prev_seq: int, above: int,
+                   base_offset: int) -> int:
+        """Decode and apply the whole records of ``buf[start:]`` (the first
+        follows ``prev_seq``) that have sequence > ``above``; return how many
+        were applied. One chunk at a time (see decode_chunks): after each,
+        ``seq``, ``log_end`` and ``wal_records`` say how far it got, so that
+        damage met in a later chunk leaves them matching what was applied."""
+        applied = 0
+        for recs, chunk_start, end in decode_chunks(buf, start, prev_seq, self.wal_path,
+                                                    base_offset):
+            applied += self._apply_records(recs, above, buf, chunk_start, base_offset)
+            self.seq = max(self.seq, recs[-1]["s"])
+            self.wal_records += len(recs)
+            self.log_end = end
+        return applied
 
     def _apply_records(self, recs: list[dict[str, Any]], above: int, buf: bytes, start: int,
                        base_offset: int) -> int:
@@ -855,15 +871,9 @@ class Engine:
             self._apply_tail_now(buf, base_offset)
 
     def _apply_tail_now(self, buf: bytes, base_offset: int) -> None:
-        recs, end = decode_records(buf, 0, self.seq, self.wal_path, base_offset)
-        if not recs:
-            return
         self._wgen += 1
         try:
-            self._apply_records(recs, self.seq, buf, 0, base_offset)
-            self.seq = recs[-1]["s"]
-            self.wal_records += len(recs)
-            self.log_end = end
+            self._apply_log(buf, 0, self.seq, self.seq, base_offset)
         finally:
             self._wgen += 1
 
@@ -961,15 +971,12 @@ class Engine:
         self._retire_log()
         self.log = new
         self.log_gen = words[W_GEN]
-        recs, end_off = decode_records(buf, header.end, header.base_seq, self.wal_path)
         self.folded_seq = _folded_seq(header)
+        self.log_end = header.end
+        self.wal_records = 0
         self._wgen += 1
         try:
-            self._apply_records(recs, self.seq, buf, header.end, 0)
-            if recs:
-                self.seq = max(self.seq, recs[-1]["s"])
-            self.wal_records = len(recs)
-            self.log_end = end_off
+            self._apply_log(buf, header.end, header.base_seq, self.seq, 0)
         finally:
             self._wgen += 1
         self._shm_seen = words[W_SEQ]
