@@ -681,7 +681,8 @@ class Engine:
                             raise RecordError("malformed expiry")
                     else:
                         self._apply_disk_ops([op])
-        except (RecordError, TypeError, IndexError, AttributeError, KeyError, ValueError) as exc:
+        except (RecordError, TypeError, IndexError, AttributeError, KeyError, ValueError,
+                OverflowError) as exc:  # (an expiry beyond a double in an exact record)
             off = locate_record(buf, start, max(index, 0), base_offset)
             raise CorruptionError(f"{self.wal_path}: damaged log record at byte offset {off}: "
                                   f"{exc}", path=self.wal_path, offset=off) from None
