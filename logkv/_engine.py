@@ -634,14 +634,20 @@ class Engine:
         follows ``prev_seq``) that have sequence > ``above``; return how many
         were applied. One chunk at a time (see decode_chunks): after each,
         ``seq``, ``log_end`` and ``wal_records`` say how far it got, so that
-        damage met in a later chunk leaves them matching what was applied."""
+        damage met in a later chunk leaves them matching what was applied.
+        Lock-free readers wait only while a chunk is applied, not while the
+        next one is decoded."""
         applied = 0
         for recs, chunk_start, end in decode_chunks(buf, start, prev_seq, self.wal_path,
                                                     base_offset):
-            applied += self._apply_records(recs, above, buf, chunk_start, base_offset)
-            self.seq = max(self.seq, recs[-1]["s"])
-            self.wal_records += len(recs)
-            self.log_end = end
+            self._wgen += 1
+            try:
+                applied += self._apply_records(recs, above, buf, chunk_start, base_offset)
+                self.seq = max(self.seq, recs[-1]["s"])
+                self.wal_records += len(recs)
+                self.log_end = end
+            finally:
+                self._wgen += 1
         return applied
 
     def _apply_records(self, recs: list[dict[str, Any]], above: int, buf: bytes, start: int,
@@ -867,16 +873,9 @@ class Engine:
         """Apply whole records in ``buf`` (log bytes from ``base_offset``)."""
         if len(buf) > 65536:
             with _gc_paused():
-                self._apply_tail_now(buf, base_offset)
+                self._apply_log(buf, 0, self.seq, self.seq, base_offset)
         else:
-            self._apply_tail_now(buf, base_offset)
-
-    def _apply_tail_now(self, buf: bytes, base_offset: int) -> None:
-        self._wgen += 1
-        try:
             self._apply_log(buf, 0, self.seq, self.seq, base_offset)
-        finally:
-            self._wgen += 1
 
     def _adopt_rotated_log(self, *, locked: bool) -> bool:
         """The fast way to follow one rotation: if we had read past the part
@@ -975,11 +974,7 @@ class Engine:
         self.folded_seq = _folded_seq(header)
         self.log_end = header.end
         self.wal_records = 0
-        self._wgen += 1
-        try:
-            self._apply_log(buf, header.end, header.base_seq, self.seq, 0)
-        finally:
-            self._wgen += 1
+        self._apply_log(buf, header.end, header.base_seq, self.seq, 0)
         self._shm_seen = words[W_SEQ]
         self._set_compact_threshold()
 

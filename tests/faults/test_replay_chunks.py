@@ -13,7 +13,7 @@ import pytest
 
 from fsfaults import NoSyncFS, fast_tmp  # noqa: F401
 from logkv import CorruptionError, LogKV
-from logkv import _log, _record
+from logkv import _engine, _log, _record
 
 PATH = "/nonexistent/db.json.wal"
 HEADER = _record.build_header(0, "a" * 32, "empty")
@@ -214,3 +214,40 @@ def test_catch_up_stops_at_damage_with_what_came_before(fast_tmp, small_chunks):
         writer.close()
         with contextlib.suppress(CorruptionError):  # its last flush catches up first
             reader.close()
+
+
+def test_readers_wait_only_while_a_chunk_is_applied(fast_tmp, small_chunks, monkeypatch):
+    """The seqlock that lock-free reads check is odd while a chunk is applied
+    and even while the next one is decoded (decoding a large backlog takes
+    long; reads need not wait for it)."""
+    path = str(fast_tmp / "db.json")
+    reader = _open(path)
+    writer = _open(path)
+    try:
+        reader["start"] = 0
+        for i in range(40):
+            writer[f"k{i}"] = i
+        e = reader._e
+        seen = []
+        decode = _engine.decode_chunks
+
+        def decode_watched(*args, **kwargs):
+            for chunk in decode(*args, **kwargs):
+                seen.append(("decoded", e._wgen & 1))
+                yield chunk
+
+        apply = e._apply_records
+
+        def apply_watched(*args, **kwargs):
+            seen.append(("applying", e._wgen & 1))
+            return apply(*args, **kwargs)
+
+        monkeypatch.setattr(_engine, "decode_chunks", decode_watched)
+        monkeypatch.setattr(e, "_apply_records", apply_watched)
+        assert reader["k39"] == 39
+        assert len(seen) >= 20, seen  # many chunks
+        assert all(odd == (kind == "applying") for kind, odd in seen), seen
+        assert e._wgen & 1 == 0
+    finally:
+        writer.close()
+        reader.close()
