@@ -23,7 +23,7 @@ from ._fs import DEFAULT_FS, FileSystem
 from ._lock import (MAGIC, NO_ROTATION, W_COMPACTIONS, W_END, W_GEN, W_LAST_COMPACTION_HOLD_US,
                     W_LAST_COMPACTION_MS, W_MAGIC, W_ROT_FROM, W_ROT_TO, W_SEQ, W_SNAPSHOT_SIZE,
                     W_WRITER, Coordinator)
-from ._log import (LogFile, LogHeader, apply_ops, decode_records, locate_record,
+from ._log import (LogFile, LogHeader, apply_ops, decode_chunks, locate_record,
                    parse_header, replay_start)
 from ._rules import MISSING
 from ._record import (BODY_START, OP_CLEAR, RecordError, ValueCodec, build_header, build_line,
@@ -619,11 +619,33 @@ class Engine:
 
     def _replay(self, buf: bytes, header: LogHeader, start: int) -> int:
         """Apply the records of the log ``buf`` with sequence > ``start``; return the last seq."""
-        recs, end = decode_records(buf, header.end, header.base_seq, self.wal_path)
-        self.recovered_records = self._apply_records(recs, start, buf, header.end, 0)
-        self.wal_records = len(recs)
-        self.log_end = end
-        return recs[-1]["s"] if recs else header.base_seq
+        self.log_end = header.end
+        self.wal_records = 0
+        self.recovered_records = self._apply_log(buf, header.end, header.base_seq, start, 0)
+        # Sequences are consecutive from the base (decode_chunks checks it).
+        return header.base_seq + self.wal_records
+
+    def _apply_log(self, buf: bytes, start: int, prev_seq: int, above: int,
+                   base_offset: int) -> int:
+        """Decode and apply the whole records of ``buf[start:]`` (the first
+        follows ``prev_seq``) that have sequence > ``above``; return how many
+        were applied. One chunk at a time (see decode_chunks): after each,
+        ``seq``, ``log_end`` and ``wal_records`` say how far it got, so that
+        damage met in a later chunk leaves them matching what was applied.
+        Lock-free readers wait only while a chunk is applied, not while the
+        next one is decoded."""
+        applied = 0
+        for recs, chunk_start, end in decode_chunks(buf, start, prev_seq, self.wal_path,
+                                                    base_offset):
+            self._wgen += 1
+            try:
+                applied += self._apply_records(recs, above, buf, chunk_start, base_offset)
+                self.seq = max(self.seq, recs[-1]["s"])
+                self.wal_records += len(recs)
+                self.log_end = end
+            finally:
+                self._wgen += 1
+        return applied
 
     def _apply_records(self, recs: list[dict[str, Any]], above: int, buf: bytes, start: int,
                        base_offset: int) -> int:
@@ -662,7 +684,8 @@ class Engine:
                             raise RecordError("malformed expiry")
                     else:
                         self._apply_disk_ops([op])
-        except (RecordError, TypeError, IndexError, AttributeError, KeyError, ValueError) as exc:
+        except (RecordError, TypeError, IndexError, AttributeError, KeyError, ValueError,
+                OverflowError) as exc:  # (an expiry beyond a double in an exact record)
             off = locate_record(buf, start, max(index, 0), base_offset)
             raise CorruptionError(f"{self.wal_path}: damaged log record at byte offset {off}: "
                                   f"{exc}", path=self.wal_path, offset=off) from None
@@ -847,22 +870,9 @@ class Engine:
         """Apply whole records in ``buf`` (log bytes from ``base_offset``)."""
         if len(buf) > 65536:
             with _gc_paused():
-                self._apply_tail_now(buf, base_offset)
+                self._apply_log(buf, 0, self.seq, self.seq, base_offset)
         else:
-            self._apply_tail_now(buf, base_offset)
-
-    def _apply_tail_now(self, buf: bytes, base_offset: int) -> None:
-        recs, end = decode_records(buf, 0, self.seq, self.wal_path, base_offset)
-        if not recs:
-            return
-        self._wgen += 1
-        try:
-            self._apply_records(recs, self.seq, buf, 0, base_offset)
-            self.seq = recs[-1]["s"]
-            self.wal_records += len(recs)
-            self.log_end = end
-        finally:
-            self._wgen += 1
+            self._apply_log(buf, 0, self.seq, self.seq, base_offset)
 
     def _adopt_rotated_log(self, *, locked: bool) -> bool:
         """The fast way to follow one rotation: if we had read past the part
@@ -958,17 +968,10 @@ class Engine:
         self._retire_log()
         self.log = new
         self.log_gen = words[W_GEN]
-        recs, end_off = decode_records(buf, header.end, header.base_seq, self.wal_path)
         self.folded_seq = _folded_seq(header)
-        self._wgen += 1
-        try:
-            self._apply_records(recs, self.seq, buf, header.end, 0)
-            if recs:
-                self.seq = max(self.seq, recs[-1]["s"])
-            self.wal_records = len(recs)
-            self.log_end = end_off
-        finally:
-            self._wgen += 1
+        self.log_end = header.end
+        self.wal_records = 0
+        self._apply_log(buf, header.end, header.base_seq, self.seq, 0)
         self._shm_seen = words[W_SEQ]
         self._set_compact_threshold()
 

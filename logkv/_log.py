@@ -80,8 +80,9 @@ def replay_start(snap_log_id: str | None, snap_seq: int, snap_fingerprint: str,
 
 
 def iter_records(buf: bytes, start: int, prev_seq: int, path: str,
-                 base_offset: int = 0) -> Iterator[tuple[int, int, int, list[Any]]]:
-    """Yield ``(offset, end, seq, ops)`` for each whole line of ``buf[start:]``.
+                 base_offset: int = 0,
+                 stop: int | None = None) -> Iterator[tuple[int, int, int, list[Any]]]:
+    """Yield ``(offset, end, seq, ops)`` for each whole line of ``buf[start:stop]``.
 
     Offsets are file offsets (``base_offset`` is where ``buf`` starts in the
     file). Stops before a torn tail; raises CorruptionError for a damaged whole
@@ -90,7 +91,7 @@ def iter_records(buf: bytes, start: int, prev_seq: int, path: str,
     pos = start
     find = buf.find
     while True:
-        nl = find(b"\n", pos)
+        nl = find(b"\n", pos, stop)
         if nl < 0:
             return
         line = buf[pos:nl]
@@ -142,16 +143,18 @@ def apply_ops(data: dict[str, Any], exp: dict[str, float], ops: list,
 
 
 def decode_records(buf: bytes, start: int, prev_seq: int, path: str,
-                   base_offset: int = 0) -> tuple[list[dict[str, Any]], int]:
-    """All whole records of ``buf[start:]`` as decoded dicts, and the file
+                   base_offset: int = 0,
+                   stop: int | None = None) -> tuple[list[dict[str, Any]], int]:
+    """All whole records of ``buf[start:stop]`` as decoded dicts, and the file
     offset just past the last one. Damage raises CorruptionError.
 
     The checks and the parse run over all lines at once in C (map, join, one
     orjson.loads); only when something fails does the line-by-line reader run,
     to name the damaged line's offset. Operations are checked where they are
-    applied (see Engine._apply_records).
+    applied (see Engine._apply_records). A long log is better decoded a chunk
+    at a time (:func:`decode_chunks`).
     """
-    last_nl = buf.rfind(b"\n")
+    last_nl = buf.rfind(b"\n", start, stop)
     if last_nl < start:
         return [], base_offset + start
     lines = buf[start:last_nl].split(b"\n")
@@ -203,8 +206,46 @@ def decode_records(buf: bytes, start: int, prev_seq: int, path: str,
         # Line by line: names the damage (raises), or reads what the bulk
         # parser could not (numbers beyond a double in an exact record).
         recs = [{"s": seq, "o": ops}
-                for _off, _end, seq, ops in iter_records(buf, start, prev_seq, path, base_offset)]
+                for _off, _end, seq, ops in iter_records(buf, start, prev_seq, path, base_offset,
+                                                          last_nl + 1)]
     return recs, base_offset + last_nl + 1
+
+
+# Bytes of log decoded at a time by decode_chunks, so that the parsed records
+# of a chunk (several times its bytes) are still in the CPU cache when they are
+# applied and freed. Decoded in one go, a 1M-record log became a list of 1M
+# parsed records (750 bytes each for one small set) that the parser wrote, the
+# apply loop read back cold and the end of the replay freed cold: opening took
+# 3.8 µs per record and peaked at 1.6 GB. In chunks of 16-128 KiB it took
+# 1.7-1.8 µs (0.5 GB); 256 KiB 2.2 µs, 512 KiB 2.7 µs (2 MiB of L2 cache per
+# core on the machine measured).
+CHUNK_BYTES = 1 << 16
+
+
+def decode_chunks(buf: bytes, start: int, prev_seq: int, path: str, base_offset: int = 0,
+                  chunk_bytes: int | None = None
+                  ) -> Iterator[tuple[list[dict[str, Any]], int, int]]:
+    """:func:`decode_records` over ``buf[start:]`` in chunks of whole lines of
+    about ``chunk_bytes``: yield ``(records, chunk_start, end)`` per chunk, where
+    ``chunk_start`` is the chunk's index in ``buf`` and ``end`` the file offset
+    just past its last line. Each chunk is checked whole before it is yielded;
+    damage raises CorruptionError (with the damaged line's offset) when its
+    chunk is reached, after the chunks before it were yielded. Stops before a
+    torn tail. ``chunk_bytes`` defaults to CHUNK_BYTES."""
+    if chunk_bytes is None:
+        chunk_bytes = CHUNK_BYTES
+    last_nl = buf.rfind(b"\n", start)
+    pos = start
+    while pos <= last_nl:
+        # The chunk ends at the first newline past pos + chunk_bytes, or at
+        # the last whole line.
+        cut = buf.find(b"\n", pos + chunk_bytes, last_nl)
+        if cut < 0:
+            cut = last_nl
+        recs, end = decode_records(buf, pos, prev_seq, path, base_offset, cut + 1)
+        yield recs, pos, end
+        prev_seq = recs[-1]["s"]
+        pos = cut + 1
 
 
 def locate_record(buf: bytes, start: int, index: int, base_offset: int = 0) -> int:

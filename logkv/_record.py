@@ -280,5 +280,11 @@ def validate_op(op: Any) -> None:
         return
     else:
         raise RecordError("malformed operation")
-    if exp is not None and type(exp) not in (int, float):
+    if exp is None or type(exp) is float:
+        return
+    if type(exp) is not int:
         raise RecordError("malformed expiry")
+    try:
+        float(exp)  # an exact record may hold an integer no double can be
+    except OverflowError:
+        raise RecordError("malformed expiry") from None

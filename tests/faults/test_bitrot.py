@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from fsfaults import NoSyncFS, fast_tmp  # noqa: F401
-from logkv import CorruptionError, LogKV, LogMismatchError
+from logkv import CorruptionError, LogKV, LogMismatchError, _log
 
 MASKS = (0x01, 0x20, 0x80)
 FIGURES: dict[str, Any] = {}
@@ -84,6 +84,16 @@ def build(folder: str, *, with_snapshot: bool) -> tuple[str, list[dict[str, Any]
     return path, states
 
 
+@pytest.fixture(params=[None, 1, 150], ids=["one-chunk", "a-chunk-per-line", "chunks-of-150"])
+def chunks(request, monkeypatch) -> str:
+    """The log is decoded in chunks (design.md §3 "Replay speed"): the damage
+    must be found wherever it sits in a chunk, and a cut anywhere leave the
+    same state."""
+    if request.param is not None:
+        monkeypatch.setattr(_log, "CHUNK_BYTES", request.param)
+    return request.node.callspec.id
+
+
 def line_starts(wal: bytes) -> list[int]:
     """Offsets of each line start, and the end (every line ends in '\\n')."""
     starts = [0]
@@ -119,7 +129,7 @@ def put(folder: str, files: dict[str, bytes]) -> None:
 
 
 @pytest.mark.parametrize("with_snapshot", [False, True], ids=["log-only", "snapshot+log"])
-def test_log_cut_at_every_offset(fast_tmp, with_snapshot: bool, capsys) -> None:
+def test_log_cut_at_every_offset(fast_tmp, with_snapshot: bool, chunks: str, capsys) -> None:
     path, states = build(str(fast_tmp / "src"), with_snapshot=with_snapshot)
     orig = files_of(os.path.dirname(path))
     wal = orig["db.json.wal"]
@@ -160,7 +170,7 @@ def test_log_cut_at_every_offset(fast_tmp, with_snapshot: bool, capsys) -> None:
         db = _open(wpath)
         assert db.copy() == {**expected, "next": cut}, f"after a write on the cut log at {cut}"
         db.close()
-    FIGURES[f"log cuts ({'snapshot+log' if with_snapshot else 'log only'})"] = len(wal) + 1
+    FIGURES[f"log cuts ({chunks})"] = len(wal) + 1
     with capsys.disabled():
         print(f"\n  log cut at {len(wal) + 1} offsets; cuts inside the header: "
               f"{header_end - 1} ({header_errors} raised CorruptionError at offset 0)")
@@ -195,7 +205,7 @@ def test_snapshot_cut_at_every_offset(fast_tmp, capsys) -> None:
 
 
 @pytest.mark.parametrize("with_snapshot", [False, True], ids=["log-only", "snapshot+log"])
-def test_every_log_byte_flipped(fast_tmp, with_snapshot: bool, capsys) -> None:
+def test_every_log_byte_flipped(fast_tmp, with_snapshot: bool, chunks: str, capsys) -> None:
     path, states = build(str(fast_tmp / "src"), with_snapshot=with_snapshot)
     orig = files_of(os.path.dirname(path))
     wal = orig["db.json.wal"]
@@ -230,7 +240,7 @@ def test_every_log_byte_flipped(fast_tmp, with_snapshot: bool, capsys) -> None:
                 f"byte {pos} ^ {mask:#x} (line at {line_off}) went undetected: opened as {state}")
             assert state == states[-2], state
             undetectable += 1
-    FIGURES[f"log flips ({'snapshot+log' if with_snapshot else 'log only'})"] = (
+    FIGURES[f"log flips ({chunks})"] = (
         f"{detected}/{detected + undetectable} detected")
     with capsys.disabled():
         print(f"\n  log bytes flipped: {len(wal)} bytes x {len(MASKS)} masks = "

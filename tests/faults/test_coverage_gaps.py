@@ -114,9 +114,24 @@ def test_record_nan_nested_deeper_than_200_is_refused():
 
 
 def test_record_validate_op_shapes():
-    for bad in (1, [], ["s", "k", 1, "soon"]):
+    for bad in (1, [], ["s", "k", 1, "soon"], ["s", "k", 1, 10 ** 400], ["e", "k", -10 ** 400]):
         with pytest.raises(RecordError):
             _record.validate_op(bad)
+    for good in (["s", "k", 1, 10 ** 20], ["e", "k", 1.5], ["e", "k", None]):
+        _record.validate_op(good)
+
+
+@pytest.mark.parametrize("op", [b'["s","k",1,1%s]' % (b"0" * 400), b'["e","k",1%s]' % (b"0" * 400)])
+def test_engine_expiry_beyond_a_double_is_corruption(tmp_path, op):
+    """Only an exact record can hold such an integer; it was OverflowError
+    out of the open instead of CorruptionError at the record's offset."""
+    head = _record.build_header(0, "a" * 32, "empty")
+    first = _record.build_line(1, [_record.op_set("k", b"1", None)])
+    (tmp_path / "db.json.wal").write_bytes(
+        head + first + _record.build_line(2, [op], True))
+    with pytest.raises(CorruptionError) as info:
+        LogKV(str(tmp_path / "db.json"))
+    assert info.value.offset == len(head) + len(first)
 
 
 def test_log_first_line_not_a_header():

@@ -2,7 +2,8 @@
 they are given, the log reader and the snapshot loader return a result or
 raise ``CorruptionError``; never another exception.
 
-Targets: ``logkv._log.decode_records``, ``iter_records``, ``parse_header``,
+Targets: ``logkv._log.decode_records``, ``decode_chunks`` (with chunks of a
+few bytes), ``iter_records``, ``parse_header``,
 ``logkv._snapshot.parse_snapshot``, and the whole open (``LogKV(...)``) of a log
 whose lines carry CORRECT checksums around arbitrary JSON (random bytes
 almost never get past the checksum; these reach the parser and the operation
@@ -30,7 +31,7 @@ from hypothesis import strategies as st
 
 from fsfaults import NoSyncFS
 from logkv import CorruptionError, LogKV
-from logkv._log import decode_records, iter_records, parse_header
+from logkv._log import decode_chunks, decode_records, iter_records, parse_header
 from logkv._snapshot import parse_snapshot
 
 PATH = "/nonexistent/db.json"
@@ -102,6 +103,7 @@ def body_of(obj: dict) -> bytes:
 def test_arbitrary_bytes_to_log_readers(buf: bytes, start: int, prev: int) -> None:
     start = min(start, len(buf))
     checked(decode_records, buf, start, prev, PATH)
+    checked(decode_chunks, buf, start, prev, PATH, 0, 7)
     checked(iter_records, buf, start, prev, PATH)
     checked(parse_header, buf, PATH)
     checked(decode_records, HEADER + buf, len(HEADER), 0, PATH)
@@ -124,6 +126,7 @@ def test_real_log_with_spliced_bytes(chunks: list[bytes], rnd) -> None:
         buf[pos:pos] = chunk
     raw = bytes(buf)
     checked(decode_records, raw, len(HEADER), 0, PATH)
+    checked(decode_chunks, raw, len(HEADER), 0, PATH, 0, 7)
     checked(iter_records, raw, len(HEADER), 0, PATH)
     checked(parse_header, raw, PATH)
 
@@ -154,6 +157,7 @@ def test_arbitrary_aiodict_shaped_snapshot(members, book) -> None:
 def test_checksummed_arbitrary_records_to_log_readers(records) -> None:
     buf = HEADER + b"".join(line(body_of(r)) for r in records)
     checked(decode_records, buf, len(HEADER), 0, PATH)
+    checked(decode_chunks, buf, len(HEADER), 0, PATH, 0, 7)
     checked(iter_records, buf, len(HEADER), 0, PATH)
 
 
