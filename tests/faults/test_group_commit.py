@@ -34,6 +34,7 @@ import pytest
 
 from fsfaults import HookFS
 from logkv import LogKV, StorageError
+from logkv._engine import _thread_wakeup
 from logkv._log import walk_log
 
 REPO = Path(__file__).resolve().parents[2]
@@ -178,17 +179,17 @@ def test_queued_sets_share_one_write_and_one_fdatasync(store_path):
 
 
 class RecordedWake:
-    """Stands for a queued call's wake lock: records which thread released it."""
+    """Stands for a queued call's wake-up channel: records which thread woke it."""
 
-    def __init__(self, lock: Any, index: int, log: list) -> None:
-        self.lock, self.index, self.log = lock, index, log
+    def __init__(self, channel: Any, index: int, log: list) -> None:
+        self.channel, self.index, self.log = channel, index, log
 
-    def acquire(self) -> Any:
-        return self.lock.acquire()
+    def wait(self) -> None:
+        self.channel.wait()
 
-    def release(self) -> None:
+    def set(self) -> None:
         self.log.append((self.index, threading.get_ident()))
-        self.lock.release()
+        self.channel.set()
 
 
 def test_the_calls_of_a_finished_batch_wake_one_another_in_turn(store_path):
@@ -203,7 +204,7 @@ def test_the_calls_of_a_finished_batch_wake_one_another_in_turn(store_path):
         if batch is None or len(batch.items) < QUEUED:
             return False
         # all seven wait: the first for the held sync's batch to drain, the
-        # others on their own lock
+        # others to be woken
         for i, item in enumerate(batch.items[1:], 1):
             item.wake = RecordedWake(item.wake, i, woken)
         order.extend(item.key for item in batch.items)
@@ -226,6 +227,38 @@ def test_the_calls_of_a_finished_batch_wake_one_another_in_turn(store_path):
         assert woken == [(i, thread_of[order[i - 1]]) for i in range(1, QUEUED)]
     finally:
         db.close()
+
+
+def test_a_stale_wakeup_byte_does_not_return_a_call_before_its_sync(store_path):
+    # A thread waits by reading its own pipe; a byte left there (by a wait
+    # an interrupt cut short) must not let its next call return early.
+    db, probe = open_probed(store_path)
+
+    def set_with_a_stale_byte(i: int) -> int:
+        _thread_wakeup().set()
+        db.set(f"k{i}", i)
+        return probe.syncs  # the fdatasyncs started before the call returned
+
+    try:
+        first, rest = run_batched(db, probe, lambda: db.set("k0", 0),
+                                  [lambda i=i: set_with_a_stale_byte(i) for i in range(1, THREADS)])
+        assert rest == [2] * QUEUED
+        assert probe.writes == [1, QUEUED]
+    finally:
+        db.close()
+
+
+def test_a_forked_child_does_not_share_the_parents_wakeup_pipe():
+    parent = _thread_wakeup()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(w, b"shared" if _thread_wakeup() is parent else b"own")
+        os._exit(0)
+    os.close(w)
+    os.waitpid(pid, 0)
+    with os.fdopen(r, "rb") as f:
+        assert f.read() == b"own"
 
 
 def test_queued_increments_are_computed_in_order_in_one_batch(store_path):
