@@ -178,6 +178,7 @@ class _Wakeup:
     __slots__ = ("_r", "_w")
 
     def __init__(self) -> None:
+        self._r = self._w = -1  # for __del__ if the pipe fails
         self._r, self._w = os.pipe()
 
     def wait(self) -> None:
@@ -186,9 +187,11 @@ class _Wakeup:
     def set(self) -> None:
         os.write(self._w, b"\0")
 
-    def __del__(self) -> None:
-        os.close(self._r)
-        os.close(self._w)
+    def __del__(self, _close: Callable[[int], None] = os.close) -> None:
+        # os.close bound early: a thread's channel may go at interpreter exit
+        if self._r >= 0:
+            _close(self._r)
+            _close(self._w)
 
 
 _wakeups = threading.local()
@@ -199,8 +202,13 @@ def _thread_wakeup() -> _Wakeup:
     try:
         return _wakeups.channel
     except AttributeError:
+        pass
+    try:
         w = _wakeups.channel = _Wakeup()
-        return w
+    except OSError as exc:  # out of descriptors: the call fails before it is queued
+        raise StorageError(f"cannot wait for the group commit: pipe failed "
+                           f"({exc.strerror or exc})") from exc
+    return w
 
 
 def _new_wakeup_after_fork() -> None:

@@ -248,6 +248,52 @@ def test_a_stale_wakeup_byte_does_not_return_a_call_before_its_sync(store_path):
         db.close()
 
 
+def test_a_call_whose_thread_cannot_make_its_wakeup_pipe_fails_alone(store_path, monkeypatch):
+    # Out of descriptors: the third call, the first that would wait on a
+    # pipe, fails with a StorageError before it is queued; nothing of it is
+    # written, and the calls ahead of it are not disturbed.
+    failed = threading.Event()
+    probe = BatchProbe(failed.is_set)
+    db = LogKV(store_path, durability="always", auto_compact=False, compact_on_close=False,
+               _fs=probe)
+    results: dict[str, Any] = {}
+
+    def set_in(key: str) -> None:
+        try:
+            db.set(key, 1)
+            results[key] = "ok"
+        except BaseException as exc:  # noqa: BLE001 - the test looks at it
+            results[key] = exc
+        finally:
+            if key == "k2":
+                failed.set()
+
+    def no_pipe() -> tuple[int, int]:
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    try:
+        probe.arm()
+        first = threading.Thread(target=set_in, args=("k0",))
+        first.start()
+        assert probe.holding.wait(60), "the first call never reached its fdatasync"
+        second = threading.Thread(target=set_in, args=("k1",))  # leads the next batch
+        second.start()
+        while queued(db) < 1:
+            time.sleep(0.001)
+        monkeypatch.setattr(os, "pipe", no_pipe)
+        third = threading.Thread(target=set_in, args=("k2",))
+        third.start()
+        for t in (first, second, third):
+            t.join(60)
+        monkeypatch.undo()
+        assert isinstance(results.pop("k2"), StorageError)
+        assert results == {"k0": "ok", "k1": "ok"}
+        assert probe.writes == [1, 1]
+    finally:
+        db.close()
+    assert reopen_state(store_path) == {"k0": 1, "k1": 1}
+
+
 def test_a_forked_child_does_not_share_the_parents_wakeup_pipe():
     parent = _thread_wakeup()
     r, w = os.pipe()
