@@ -167,63 +167,10 @@ class _Overlay:
         self.vals, self.staged, self.cleared = dict(sp[0]), dict(sp[1]), sp[2]
 
 
-class _Wakeup:
-    """A thread's own wake-up channel for group commit: a pipe it reads one
-    byte from to wait, kept for the thread's life; another thread wakes it by
-    writing the byte. A thread woken so runs about twice as soon as one
-    blocked on a threading.Lock (ping-pong of two threads on this VM: 5.8 µs
-    a round trip against 12-15 µs): the waker lets go of the GIL during its
-    write(2), so the woken thread does not find it held and sleep again."""
-
-    __slots__ = ("_r", "_w")
-
-    def __init__(self) -> None:
-        self._r = self._w = -1  # for __del__ if the pipe fails
-        self._r, self._w = os.pipe()
-
-    def wait(self) -> None:
-        os.read(self._r, 1)
-
-    def set(self) -> None:
-        os.write(self._w, b"\0")
-
-    def __del__(self, _close: Callable[[int], None] = os.close) -> None:
-        # os.close bound early: a thread's channel may go at interpreter exit
-        if self._r >= 0:
-            _close(self._r)
-            _close(self._w)
-
-
-_wakeups = threading.local()
-
-
-def _thread_wakeup() -> _Wakeup:
-    """The calling thread's _Wakeup (closed when the thread ends)."""
-    try:
-        return _wakeups.channel
-    except AttributeError:
-        pass
-    try:
-        w = _wakeups.channel = _Wakeup()
-    except OSError as exc:  # out of descriptors: the call fails before it is queued
-        raise StorageError(f"cannot wait for the group commit: pipe failed "
-                           f"({exc.strerror or exc})") from exc
-    return w
-
-
-def _new_wakeup_after_fork() -> None:
-    # The child's copy of the pipe is shared with the parent: a byte meant
-    # for a thread of one could wake the other's.
-    _wakeups.__dict__.pop("channel", None)
-
-
-os.register_at_fork(after_in_child=_new_wakeup_after_fork)
-
-
 class _Item:
     """One write_one / modify_one call in a group-commit batch."""
 
-    __slots__ = ("key", "entry", "change", "ticket", "error", "wake", "woken", "gone")
+    __slots__ = ("key", "entry", "change", "ticket", "error", "wake", "gone")
 
     def __init__(self, key: str, entry: Entry | None,
                  change: Callable[[Any], Entry | None] | None) -> None:
@@ -232,11 +179,9 @@ class _Item:
         self.change = change
         self.ticket = 0         # 0: nothing was logged for this call
         self.error: BaseException | None = None
-        # A follower reads its thread's channel until ``woken`` is set: a
-        # byte left over from a wait an interrupt cut short wakes it for
-        # nothing, and it waits again.
-        self.wake: _Wakeup | None = None
-        self.woken = False
+        # A follower blocks on this held lock until it is released (one
+        # wake-up per thread; an Event's condition costs several).
+        self.wake: Any = None
         self.gone = False       # the call has left its batch
 
 
@@ -1269,20 +1214,18 @@ class Engine:
                     self._last_batch = batch  # closed at once: nobody to wait for
                 else:
                     self._open_batch = batch
-                    # A lock, not the pipe: releasing it keeps the GIL, so the
-                    # last call of the batch ahead queues again before this
-                    # leader can close the batch without it.
                     wait = ahead.drained = threading.Lock()
                     wait.acquire()
             else:
-                item.wake = _thread_wakeup()
+                item.wake = threading.Lock()
+                item.wake.acquire()
             batch.items.append(item)
             batch.inside += 1
         try:
             if leader:
                 self._lead(batch, wait)
             else:
-                self._wait_woken(item)
+                item.wake.acquire()
         finally:
             self._leave(batch, item)
         if item.error is not None:
@@ -1297,45 +1240,30 @@ class Engine:
         the next as it goes (the leader first). Waking them all at once cost
         the leader a futex wake per call, and the woken threads then took
         the GIL one at a time anyway, each from a sleep; woken in a chain,
-        each thread's wake-up overlaps the Python of the one before (and
-        through its _Wakeup, it rarely finds the GIL held)."""
-        nxt = None
+        each thread's wake-up overlaps the Python of the one before."""
         with self._batch_mu:
             batch.inside -= 1
             item.gone = True
             if batch.finished:
-                nxt = self._next_waiting(batch)
+                self._wake_next(batch)
             if not batch.inside and batch.finished:
                 if self._last_batch is batch:
                     self._last_batch = None
                 if batch.drained is not None:
                     batch.drained.release()
-        if nxt is not None:
-            # after _batch_mu: the write(2) lets go of the GIL, and the
-            # thread woken must not find _batch_mu held
-            nxt.wake.set()
 
     @staticmethod
-    def _next_waiting(batch: _Batch) -> _Item | None:
-        """Mark woken, and return, the next call of a finished ``batch`` that
-        still waits (a call interrupted in its wait has left by itself).
-        Under _batch_mu."""
+    def _wake_next(batch: _Batch) -> None:
+        """Wake the next call of a finished ``batch`` that still waits (a call
+        interrupted in its wait has left by itself). Under _batch_mu."""
         items = batch.items
         i = batch.to_wake
         while i < len(items) and items[i].gone:
             i += 1
-        nxt = None
         if i < len(items):
-            nxt = items[i]
-            nxt.woken = True
+            items[i].wake.release()
             i += 1
         batch.to_wake = i
-        return nxt
-
-    @staticmethod
-    def _wait_woken(item: _Item) -> None:
-        while not item.woken:
-            item.wake.wait()
 
     def _lead(self, batch: _Batch, wait: Any) -> None:
         """Write and sync ``batch`` (after ``wait``, the batch ahead's

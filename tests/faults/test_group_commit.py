@@ -34,7 +34,6 @@ import pytest
 
 from fsfaults import HookFS
 from logkv import LogKV, StorageError
-from logkv._engine import _thread_wakeup
 from logkv._log import walk_log
 
 REPO = Path(__file__).resolve().parents[2]
@@ -179,17 +178,17 @@ def test_queued_sets_share_one_write_and_one_fdatasync(store_path):
 
 
 class RecordedWake:
-    """Stands for a queued call's wake-up channel: records which thread woke it."""
+    """Stands for a queued call's wake lock: records which thread released it."""
 
-    def __init__(self, channel: Any, index: int, log: list) -> None:
-        self.channel, self.index, self.log = channel, index, log
+    def __init__(self, lock: Any, index: int, log: list) -> None:
+        self.lock, self.index, self.log = lock, index, log
 
-    def wait(self) -> None:
-        self.channel.wait()
+    def acquire(self) -> Any:
+        return self.lock.acquire()
 
-    def set(self) -> None:
+    def release(self) -> None:
         self.log.append((self.index, threading.get_ident()))
-        self.channel.set()
+        self.lock.release()
 
 
 def test_the_calls_of_a_finished_batch_wake_one_another_in_turn(store_path):
@@ -204,7 +203,7 @@ def test_the_calls_of_a_finished_batch_wake_one_another_in_turn(store_path):
         if batch is None or len(batch.items) < QUEUED:
             return False
         # all seven wait: the first for the held sync's batch to drain, the
-        # others to be woken
+        # others on their own lock
         for i, item in enumerate(batch.items[1:], 1):
             item.wake = RecordedWake(item.wake, i, woken)
         order.extend(item.key for item in batch.items)
@@ -227,84 +226,6 @@ def test_the_calls_of_a_finished_batch_wake_one_another_in_turn(store_path):
         assert woken == [(i, thread_of[order[i - 1]]) for i in range(1, QUEUED)]
     finally:
         db.close()
-
-
-def test_a_stale_wakeup_byte_does_not_return_a_call_before_its_sync(store_path):
-    # A thread waits by reading its own pipe; a byte left there (by a wait
-    # an interrupt cut short) must not let its next call return early.
-    db, probe = open_probed(store_path)
-
-    def set_with_a_stale_byte(i: int) -> int:
-        _thread_wakeup().set()
-        db.set(f"k{i}", i)
-        return probe.syncs  # the fdatasyncs started before the call returned
-
-    try:
-        first, rest = run_batched(db, probe, lambda: db.set("k0", 0),
-                                  [lambda i=i: set_with_a_stale_byte(i) for i in range(1, THREADS)])
-        assert rest == [2] * QUEUED
-        assert probe.writes == [1, QUEUED]
-    finally:
-        db.close()
-
-
-def test_a_call_whose_thread_cannot_make_its_wakeup_pipe_fails_alone(store_path, monkeypatch):
-    # Out of descriptors: the third call, the first that would wait on a
-    # pipe, fails with a StorageError before it is queued; nothing of it is
-    # written, and the calls ahead of it are not disturbed.
-    failed = threading.Event()
-    probe = BatchProbe(failed.is_set)
-    db = LogKV(store_path, durability="always", auto_compact=False, compact_on_close=False,
-               _fs=probe)
-    results: dict[str, Any] = {}
-
-    def set_in(key: str) -> None:
-        try:
-            db.set(key, 1)
-            results[key] = "ok"
-        except BaseException as exc:  # noqa: BLE001 - the test looks at it
-            results[key] = exc
-        finally:
-            if key == "k2":
-                failed.set()
-
-    def no_pipe() -> tuple[int, int]:
-        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
-
-    try:
-        probe.arm()
-        first = threading.Thread(target=set_in, args=("k0",))
-        first.start()
-        assert probe.holding.wait(60), "the first call never reached its fdatasync"
-        second = threading.Thread(target=set_in, args=("k1",))  # leads the next batch
-        second.start()
-        while queued(db) < 1:
-            time.sleep(0.001)
-        monkeypatch.setattr(os, "pipe", no_pipe)
-        third = threading.Thread(target=set_in, args=("k2",))
-        third.start()
-        for t in (first, second, third):
-            t.join(60)
-        monkeypatch.undo()
-        assert isinstance(results.pop("k2"), StorageError)
-        assert results == {"k0": "ok", "k1": "ok"}
-        assert probe.writes == [1, 1]
-    finally:
-        db.close()
-    assert reopen_state(store_path) == {"k0": 1, "k1": 1}
-
-
-def test_a_forked_child_does_not_share_the_parents_wakeup_pipe():
-    parent = _thread_wakeup()
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        os.write(w, b"shared" if _thread_wakeup() is parent else b"own")
-        os._exit(0)
-    os.close(w)
-    os.waitpid(pid, 0)
-    with os.fdopen(r, "rb") as f:
-        assert f.read() == b"own"
 
 
 def test_queued_increments_are_computed_in_order_in_one_batch(store_path):
