@@ -177,6 +177,57 @@ def test_queued_sets_share_one_write_and_one_fdatasync(store_path):
     assert reopen_state(store_path) == {f"k{i}": i for i in range(THREADS)}
 
 
+class RecordedWake:
+    """Stands for a queued call's wake lock: records which thread released it."""
+
+    def __init__(self, lock: Any, index: int, log: list) -> None:
+        self.lock, self.index, self.log = lock, index, log
+
+    def acquire(self) -> Any:
+        return self.lock.acquire()
+
+    def release(self) -> None:
+        self.log.append((self.index, threading.get_ident()))
+        self.lock.release()
+
+
+def test_the_calls_of_a_finished_batch_wake_one_another_in_turn(store_path):
+    # The leader wakes only the first of its batch's other calls; each call
+    # wakes the next as it leaves (design §8).
+    woken: list[tuple[int, int]] = []  # (index in the batch, thread that woke it)
+    order: list[str] = []              # the batch's keys, in batch order
+    holder: list[LogKV] = []
+
+    def queue_complete() -> bool:
+        batch = holder[0]._e._open_batch
+        if batch is None or len(batch.items) < QUEUED:
+            return False
+        # all seven wait: the first for the held sync's batch to drain, the
+        # others on their own lock
+        for i, item in enumerate(batch.items[1:], 1):
+            item.wake = RecordedWake(item.wake, i, woken)
+        order.extend(item.key for item in batch.items)
+        return True
+
+    probe = BatchProbe(queue_complete)
+    db = LogKV(store_path, durability="always", auto_compact=False, compact_on_close=False,
+               _fs=probe)
+    holder.append(db)
+    thread_of: dict[str, int] = {}
+
+    def set_in(key: str) -> None:
+        thread_of[key] = threading.get_ident()
+        db.set(key, 1)
+
+    try:
+        run_batched(db, probe, lambda: set_in("k0"),
+                    [lambda i=i: set_in(f"k{i}") for i in range(1, THREADS)])
+        assert probe.writes == [1, QUEUED]
+        assert woken == [(i, thread_of[order[i - 1]]) for i in range(1, QUEUED)]
+    finally:
+        db.close()
+
+
 def test_queued_increments_are_computed_in_order_in_one_batch(store_path):
     db, probe = open_probed(store_path)
     try:
@@ -247,6 +298,75 @@ def test_an_interrupt_in_the_leader_fails_the_batch_for_everyone(store_path):
     finally:
         db.close()
     assert reopen_state(store_path) == {"k0": 0, "after": 1}
+
+
+def test_a_call_interrupted_in_its_wait_does_not_stop_the_others_waking(store_path):
+    # The calls of a batch wake one another in turn; one that an interrupt
+    # (a signal in the main thread) took out of its wait is skipped, or the
+    # calls after it would wait forever.
+    holder: list[LogKV] = []
+    main = threading.get_ident()
+    sent: list[bool] = []
+
+    def main_has_left() -> bool:
+        batch = holder[0]._e._open_batch
+        if batch is None or len(batch.items) < QUEUED:
+            return False
+        if not sent:
+            sent.append(True)
+            signal.pthread_kill(main, signal.SIGUSR1)
+        return batch.items[1].gone
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise Interrupt
+
+    probe = BatchProbe(main_has_left)
+    db = LogKV(store_path, durability="always", auto_compact=False, compact_on_close=False,
+               _fs=probe)
+    holder.append(db)
+    results: dict[str, Any] = {}
+
+    def set_in(key: str) -> None:
+        try:
+            db.set(key, 1)
+            results[key] = "ok"
+        except BaseException as exc:  # noqa: BLE001 - the test looks at it
+            results[key] = exc
+
+    def queue_after_main() -> None:
+        # the main thread's call second in the batch, five calls after it
+        while queued(db) < 2:
+            time.sleep(0.001)
+        for i in range(3, THREADS):
+            spawn(f"k{i}")
+
+    threads: list[threading.Thread] = []
+
+    def spawn(key: str) -> None:
+        t = threading.Thread(target=set_in, args=(key,), daemon=True)  # a hang fails, not blocks
+        threads.append(t)
+        t.start()
+
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    try:
+        probe.arm()
+        spawn("k0")
+        assert probe.holding.wait(60), "the first call never reached its fdatasync"
+        spawn("k1")
+        while queued(db) < 1:
+            time.sleep(0.001)
+        threading.Thread(target=queue_after_main, daemon=True).start()
+        set_in("k2")  # in the main thread: interrupted in its wait
+        deadline = time.monotonic() + 60
+        for t in list(threads):
+            t.join(max(0.0, deadline - time.monotonic()))
+        assert not any(t.is_alive() for t in threads), "a call hung"
+        assert type(results.pop("k2")) is Interrupt
+        assert results == {f"k{i}": "ok" for i in range(THREADS) if i != 2}
+        assert probe.writes == [1, QUEUED] and probe.syncs == 2
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+        db.close()
 
 
 @pytest.mark.parametrize("err", [errno.ENOSPC, errno.EIO], ids=["ENOSPC", "EIO"])
