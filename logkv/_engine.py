@@ -595,7 +595,7 @@ class Engine:
             self.log_gen = words[W_GEN]
         self._shm_seen = words[W_SEQ]
         if self.cleanup_expired_on_load and self.exp:
-            self._drop_expired()
+            self.drop_expired()
         self._set_compact_threshold()
 
     def _load_salvaged(self, snap: Snapshot, buf: bytes) -> None:
@@ -795,9 +795,11 @@ class Engine:
     def _reapply_pending(self) -> None:
         self._apply_entries(list(self._pending.items()), False)
 
-    def _drop_expired(self) -> int:
+    def drop_expired(self, prefix: str = "") -> int:
+        """Forget the expired keys (those starting with ``prefix``) in
+        memory; return how many. Caller holds self.lock."""
         now = time.time()
-        dead = [k for k, x in self.exp.items() if x <= now]
+        dead = [k for k, x in self.exp.items() if x <= now and k.startswith(prefix)]
         if dead:
             self._wgen += 1
             try:

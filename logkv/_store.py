@@ -296,18 +296,7 @@ class _API(MutableMapping[str, Any]):
         e = self._e
         e.check()
         with e.lock:
-            now = time.time()
-            p = self._prefix
-            dead = [k for k, x in e.exp.items() if x <= now and k.startswith(p)]
-            if dead:
-                e._wgen += 1
-                try:
-                    for k in dead:
-                        e.data.pop(k, None)
-                        e.exp.pop(k, None)
-                finally:
-                    e._wgen += 1
-            return len(dead)
+            return e.drop_expired(self._prefix)
 
     # ------------------------------------------------------------ the store
     def stats(self) -> dict[str, Any]:
@@ -420,23 +409,10 @@ class LogKV(_API):
 
     # The hot paths, written out without the prefix machinery (CONTRACT §6).
     def __getitem__(self, key: Any) -> Any:
-        e = self._e
-        w = e._words
-        if w[_W_SEQ] != e._shm_seen or w[_W_GEN] != e.log_gen:
-            e.catch_up()
-        if type(key) is not str:
-            key = str(key)
-        if e._tx is None:
-            g = e._wgen
-            v = e.data.get(key, MISSING)
-            if v is not MISSING and not (g & 1) and g == e._wgen:
-                exp = e.exp
-                if not exp or key not in exp or exp[key] > time.time():
-                    return v
-        r = e.lookup(key)
-        if r is MISSING:
-            raise KeyError(key)
-        return r[0]
+        v = self.get(key, MISSING)
+        if v is MISSING:
+            raise KeyError(key if type(key) is str else str(key))
+        return v
 
     def get(self, key: Any, default: Any = None) -> Any:
         e = self._e
