@@ -105,16 +105,22 @@ def _positive_float(text: str) -> float:
 
 
 # ---------------------------------------------------------------------------- compact
+def _phase_progress(command: str) -> Callable[[str], None] | None:
+    """On a terminal, a printer of a long command's phases (on stderr)."""
+    if not sys.stderr.isatty():
+        return None
+
+    def progress(phase: str) -> None:
+        print(f"logkv {command}: {phase}...", file=sys.stderr, flush=True)
+    return progress
+
+
 def cmd_compact(args: argparse.Namespace) -> int:
     from ._compact import compact_store
 
     path = args.path
     _require_store(path)
-    progress: Callable[[str], None] | None = None
-    if sys.stderr.isatty():
-        def progress(phase: str) -> None:
-            print(f"logkv compact: {phase}...", file=sys.stderr, flush=True)
-    result = compact_store(path, progress=progress)
+    result = compact_store(path, progress=_phase_progress("compact"))
     if result is None:
         _err(f"{path}: another compaction is running; try again later")
         return EXIT_FAIL
@@ -385,12 +391,8 @@ def cmd_recover(args: argparse.Namespace) -> int:
     _require_store(path)
     wal = path + ".wal"
     bak = path + ".bak"
-    progress: Callable[[str], None] | None = None
-    if sys.stderr.isatty():
-        def progress(phase: str) -> None:
-            print(f"logkv recover: {phase}...", file=sys.stderr, flush=True)
     r = recover_store(path, from_backup=args.from_backup, apply_log=args.apply_log,
-                      progress=progress)
+                      progress=_phase_progress("recover"))
 
     print(f"recovered {path}")
     src = f"the backup {r.source}" if r.used_backup else f"the snapshot {r.source}"
