@@ -401,6 +401,12 @@ def w_default_set(ctx: Ctx) -> dict[str, Any]:
             incr(k)
         return (time.perf_counter() - t) / ops_lk * US
 
+    def per_op(work: Callable[[], Any], ops: int = ops_peer) -> float:
+        """µs per call of ``work``, which makes ``ops`` calls of a peer."""
+        t = time.perf_counter()
+        work()
+        return (time.perf_counter() - t) / ops * US
+
     for rep in range(ctx.repeats):
         settle()
         add("floor", sys_floor())
@@ -408,44 +414,27 @@ def w_default_set(ctx: Ctx) -> dict[str, Any]:
         add("logkv set", lk_set(rep))
         settle()
         add("logkv incr", lk_incr())
+        ks = keys[:ops_peer]
         if a is not None:
             settle()
-            ks = keys[:ops_peer]
-            t = time.perf_counter()
-            for i, k in enumerate(ks):
-                a.set(k, i)
-            add("aiodict set", (time.perf_counter() - t) / ops_peer * US)
-            t = time.perf_counter()
-            for k in ks:
-                a.incr(k)
-            add("aiodict incr", (time.perf_counter() - t) / ops_peer * US)
+            add("aiodict set", per_op(lambda: [a.set(k, i) for i, k in enumerate(ks)]))
+            add("aiodict incr", per_op(lambda: [a.incr(k) for k in ks]))
             a._cancel_timer()  # its debounced save would land in the next figure
         if p is not None:
             settle()
-            ks = keys[:ops_peer]
-            t = time.perf_counter()
-            for i, k in enumerate(ks):
-                p.set(k, i)
-            add("pickledb set", (time.perf_counter() - t) / ops_peer * US)
+            add("pickledb set", per_op(lambda: [p.set(k, i) for i, k in enumerate(ks)]))
         if sd is not None:
             settle()
-            ks = keys[:ops_peer // 2]
-            t = time.perf_counter()
-            for i, k in enumerate(ks):
-                sd[k] = i
-                sd.commit()
-            add("sqlitedict", (time.perf_counter() - t) / len(ks) * US)
+
+            def sd_sets() -> None:
+                for i, k in enumerate(ks[:ops_peer // 2]):
+                    sd[k] = i
+                    sd.commit()
+            add("sqlitedict", per_op(sd_sets, ops_peer // 2))
         if dc is not None:
             settle()
-            ks = keys[:ops_peer]
-            t = time.perf_counter()
-            for i, k in enumerate(ks):
-                dc.set(k, i)
-            add("diskcache set", (time.perf_counter() - t) / ops_peer * US)
-            t = time.perf_counter()
-            for k in ks:
-                dc.incr(k)
-            add("diskcache incr", (time.perf_counter() - t) / ops_peer * US)
+            add("diskcache set", per_op(lambda: [dc.set(k, i) for i, k in enumerate(ks)]))
+            add("diskcache incr", per_op(lambda: [dc.incr(k) for k in ks]))
     ctx.maybe_profile("default_set", lambda: (lk_set(99), lk_incr()))
     s.close()
     os.close(sysfloor_fd)
