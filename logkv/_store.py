@@ -295,7 +295,8 @@ class _API(MutableMapping[str, Any]):
         invisible; compaction drops them from disk.)"""
         e = self._e
         e.check()
-        with e.lock:
+        e.take_lock()
+        try:
             now = time.time()
             p = self._prefix
             dead = [k for k, x in e.exp.items() if x <= now and k.startswith(p)]
@@ -308,6 +309,8 @@ class _API(MutableMapping[str, Any]):
                 finally:
                     e._wgen += 1
             return len(dead)
+        finally:
+            e.lock.release()
 
     # ------------------------------------------------------------ the store
     def stats(self) -> dict[str, Any]:
