@@ -22,7 +22,7 @@ from ._errors import (ClosedError, CorruptionError, LogKVError, LogMismatchError
 from ._fs import DEFAULT_FS, FileSystem
 from ._lock import (MAGIC, NO_ROTATION, W_COMPACTIONS, W_END, W_GEN, W_LAST_COMPACTION_HOLD_US,
                     W_LAST_COMPACTION_MS, W_MAGIC, W_ROT_FROM, W_ROT_TO, W_SEQ, W_SNAPSHOT_SIZE,
-                    W_WRITER, Coordinator)
+                    W_WRITER, Coordinator, _WouldBlock, nonblocking)
 from ._log import (LogFile, LogHeader, apply_ops, decode_chunks, locate_record,
                    parse_header, replay_start)
 from ._rules import MISSING
@@ -824,19 +824,24 @@ class Engine:
             self.catch_up()
 
     def catch_up(self) -> None:
-        with self.lock:
+        self.take_lock()
+        try:
             if self._closed:
                 raise ClosedError("the store is closed")
             if self._depth:
                 return  # we hold the write lock: nobody else can have written
             if self._forked:
                 raise LogKVError(_FORKED)
+            if nonblocking.on:
+                raise _WouldBlock  # reading files: not on an event loop
             self._prefetch()
             self.coord.lock()
             try:
                 self._catch_up_locked()
             finally:
                 self.coord.unlock()
+        finally:
+            self.lock.release()
 
     def _catch_up_locked(self) -> None:
         words = self._words
@@ -993,9 +998,27 @@ class Engine:
             self._wgen += 1
 
     # ------------------------------------------------------------ write path
+    # Non-blocking mode (``nonblocking.on``, set per thread by AsyncLogKV for
+    # a mutation it runs on the event loop): where a call would wait -- for
+    # the thread lock, the prefetch or catch-up, the write lock of another
+    # process -- it raises _WouldBlock instead, always before it has changed
+    # memory, the log or the shared page, and with every lock it took let go.
+    def take_lock(self) -> None:
+        """Acquire the thread lock (``self.lock``); release it yourself."""
+        if not self.lock.acquire(False):
+            self._wait_lock()
+
+    def _wait_lock(self) -> None:
+        """The thread lock is held by another thread: wait for it, or, in
+        non-blocking mode, raise _WouldBlock without it."""
+        if nonblocking.on:
+            raise _WouldBlock
+        self.lock.acquire()
+
     def _enter(self) -> None:
         """Take the thread lock and the write lock, and catch up."""
-        self.lock.acquire()
+        if not self.lock.acquire(False):
+            self._wait_lock()
         if self._depth:
             self._depth += 1
             return
@@ -1008,10 +1031,14 @@ class Engine:
                 raise ReadOnlyError(f"{self.path} was opened read-only")
             w = self._words
             if w[W_GEN] != self.log_gen or w[W_END] - self.log_end >= 65536:
+                if nonblocking.on:
+                    raise _WouldBlock
                 self._prefetch()  # far behind: read most of it before locking
             self.coord.lock()
             try:
                 if w[W_SEQ] != self.seq or w[W_GEN] != self.log_gen or w[W_WRITER]:
+                    if nonblocking.on:
+                        raise _WouldBlock
                     self._catch_up_locked()
             except BaseException:
                 self.coord.unlock()
@@ -1053,7 +1080,8 @@ class Engine:
     def write_one(self, key: str, entry: Entry) -> int:
         """Log and apply one change to one key: the hot path of set()."""
         lock = self.lock
-        lock.acquire()
+        if not lock.acquire(False):
+            self._wait_lock()
         try:
             if self._depth or not self._fast:
                 self._enter()
@@ -1076,7 +1104,8 @@ class Engine:
         ``(value, expires_at)`` or MISSING and returns the entry to write (or
         None for no change). The hot path of incr() and the list helpers."""
         lock = self.lock
-        lock.acquire()
+        if not lock.acquire(False):
+            self._wait_lock()
         try:
             if self._depth or not self._fast:
                 self._enter()
@@ -1107,12 +1136,16 @@ class Engine:
         in between (_lock.py says why)."""
         w = self._words
         if w[W_GEN] != self.log_gen or w[W_END] - self.log_end >= 65536:
+            if nonblocking.on:
+                raise _WouldBlock
             self._prefetch()  # far behind: read most of it before locking
         coord = self.coord
         coord.lock()
         try:
             w = self._words
             if w[W_SEQ] != self.seq or w[W_GEN] != self.log_gen or w[W_WRITER]:
+                if nonblocking.on:
+                    raise _WouldBlock
                 self._catch_up_locked()
         except BaseException:
             coord.unlock()
@@ -1190,6 +1223,13 @@ class Engine:
                 self._flush_wake.set()
         elif mode == "always" and self._synced_ticket < ticket:
             self._wait_synced(ticket)
+        if self._want_compaction and not nonblocking.on:
+            # (In non-blocking mode the caller starts it off the event loop,
+            # with start_wanted_compaction: spawning a process takes a while.)
+            self._start_auto_compaction()
+
+    def start_wanted_compaction(self) -> None:
+        """Start the automatic compaction a write asked for, if any."""
         if self._want_compaction:
             self._start_auto_compaction()
 

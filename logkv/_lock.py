@@ -23,6 +23,7 @@ import gc
 import mmap
 import os
 import struct
+import threading
 import time
 
 from ._errors import LockTimeout
@@ -86,6 +87,22 @@ def _wait_flock(fd: int, op: int, timeout: float | None, what: str) -> None:
             time.sleep(min(delay, max(deadline - now, 0)))
 
 
+class _WouldBlock(Exception):
+    """Raised in non-blocking mode (``nonblocking``) where a call would wait:
+    for the store's thread lock, another process's write lock, or a catch-up
+    that reads files. Always before the call has changed anything; the async
+    front end then runs the call in its worker thread instead."""
+
+
+class _Mode(threading.local):
+    on = False
+
+
+# Non-blocking mode, per thread: AsyncLogKV turns it on around a mutation it
+# runs on the event loop thread.
+nonblocking = _Mode()
+
+
 # Why the write lock pauses CPython's garbage collector: a full collection
 # walks every container the process holds, ~50 ms with a 1M-key store of dict
 # values. Run inside a lock hold, it made every writer of every other process
@@ -137,7 +154,9 @@ class Coordinator:
     def lock(self) -> None:
         """Take the write lock (shared for a read-only store), with the
         garbage collector paused until ``unlock`` (the comment above
-        ``_gc_isenabled`` says why)."""
+        ``_gc_isenabled`` says why). In non-blocking mode, when another
+        descriptor holds it, raise ``_WouldBlock`` at once, with the collector
+        as it was."""
         fd = self.lock_fd
         if fd < 0:
             return
@@ -146,11 +165,19 @@ class Coordinator:
             _gc_disable()
         try:
             if self.read_only:
+                if nonblocking.on:
+                    try:
+                        _flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                        return
+                    except BlockingIOError:
+                        raise _WouldBlock from None
                 _wait_flock(fd, fcntl.LOCK_SH, self.timeout, self.lock_path)
                 return
             try:
                 _flock(fd, _LOCK_EX_NB)
             except BlockingIOError:
+                if nonblocking.on:  # one try only; the collector is restored below
+                    raise _WouldBlock from None
                 _wait_flock(fd, fcntl.LOCK_EX, self.timeout, self.lock_path)
         except BaseException:
             if paused:

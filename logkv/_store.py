@@ -295,8 +295,11 @@ class _API(MutableMapping[str, Any]):
         invisible; compaction drops them from disk.)"""
         e = self._e
         e.check()
-        with e.lock:
+        e.take_lock()
+        try:
             return e.drop_expired(self._prefix)
+        finally:
+            e.lock.release()
 
     # ------------------------------------------------------------ the store
     def stats(self) -> dict[str, Any]:
