@@ -18,6 +18,7 @@ import pytest
 from logkv import LogKV
 from logkv._aio import AsyncLogKV
 from logkv._engine import Engine
+from test_nonblocking import Holder  # a thread holding a lock, shared with those tests
 
 WORKER = "logkv-aio"
 
@@ -38,26 +39,6 @@ def writers(monkeypatch):
 
     monkeypatch.setattr(Engine, "_append", recording)
     return names
-
-
-class Holder:
-    """A thread that holds ``lock`` until ``release()``."""
-
-    def __init__(self, lock) -> None:
-        self.taken = threading.Event()
-        self.go = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(lock,))
-        self.thread.start()
-        assert self.taken.wait(10)
-
-    def _run(self, lock) -> None:
-        with lock:
-            self.taken.set()
-            self.go.wait(30)
-
-    def release(self) -> None:
-        self.go.set()
-        self.thread.join(10)
 
 
 async def spin(n: int = 50) -> int:
