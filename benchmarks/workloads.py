@@ -1070,6 +1070,54 @@ def w_redis_api(ctx: Ctx) -> dict[str, Any]:
                    notes, checks, informational=True)
 
 
+def w_async_api(ctx: Ctx) -> dict[str, Any]:
+    """What an awaited AsyncLogKV call costs over the same LogKV call (default
+    durability, one task): a set runs inline on the event loop unless it would
+    wait, a get always does."""
+    import asyncio
+
+    from logkv import AsyncLogKV
+
+    d = ctx.dir("async_api")
+    n = ctx.q(2_000, 20_000)
+    keys = [key_of(i) for i in range(n)]
+    res: dict[str, list[float]] = {k: [] for k in ("sync_set", "async_set", "sync_get",
+                                                   "async_get")}
+    sync = _open_logkv(os.path.join(d, "sync.json"), auto_compact=False,
+                       compact_on_close=False)
+
+    async def run() -> None:
+        async with AsyncLogKV(os.path.join(d, "async.json"), auto_compact=False,
+                              compact_on_close=False) as db:
+            for _ in range(ctx.repeats):
+                settle()
+                res["sync_set"].append(timed(lambda: [sync.set(k, i) for i, k in
+                                                      enumerate(keys)]) / n * US)
+                t = time.perf_counter()
+                for i, k in enumerate(keys):
+                    await db.set(k, i)
+                res["async_set"].append((time.perf_counter() - t) / n * US)
+                settle()
+                res["sync_get"].append(timed(lambda: [sync.get(k) for k in keys]) / n * US)
+                t = time.perf_counter()
+                for k in keys:
+                    await db.get(k)
+                res["async_get"].append((time.perf_counter() - t) / n * US)
+
+    asyncio.run(run())
+    sync.close()
+    med = statistics.median
+    rows = []
+    for op in ("set", "get"):
+        anchor = med(res[f"sync_{op}"])
+        rows.append(row(f"LogKV.{op}", "µs/op", res[f"sync_{op}"], anchor="LogKV",
+                        anchor_value=anchor, system="logkv-sync"))
+        rows.append(row(f"await AsyncLogKV.{op}", "µs/op", res[f"async_{op}"], anchor="LogKV",
+                        anchor_value=anchor, system="logkv"))
+    return _result("AsyncLogKV against LogKV (µs per call, one task; ratio to LogKV)", rows,
+                   [f"{n:,} calls per figure, default durability"], [], informational=True)
+
+
 WORKLOADS: dict[str, tuple[str, Callable[[Ctx], dict[str, Any]]]] = {
     "durable_1t": ("1. durable set, 1 thread", w_durable_1t),
     "durable_8t": ("2. durable set, 8 threads", w_durable_8t),
@@ -1082,4 +1130,5 @@ WORKLOADS: dict[str, tuple[str, Callable[[Ctx], dict[str, Any]]]] = {
     "procs_incr": ("9. 4 processes incr", w_procs_incr),
     "growth": ("10. durable write vs store size", w_growth),
     "redis_api": ("11. RedisKV against bare redis-py", w_redis_api),
+    "async_api": ("12. AsyncLogKV against LogKV", w_async_api),
 }
