@@ -1017,8 +1017,7 @@ class Engine:
 
     def _enter(self) -> None:
         """Take the thread lock and the write lock, and catch up."""
-        if not self.lock.acquire(False):
-            self._wait_lock()
+        self.take_lock()
         if self._depth:
             self._depth += 1
             return

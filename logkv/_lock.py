@@ -110,7 +110,6 @@ nonblocking = _Mode()
 # release instead, and stalls only the process that owes it.
 _gc_isenabled, _gc_disable, _gc_enable = gc.isenabled, gc.disable, gc.enable
 _flock = fcntl.flock
-_LOCK_EX_NB = fcntl.LOCK_EX | fcntl.LOCK_NB
 _LOCK_UN = fcntl.LOCK_UN
 
 
@@ -163,22 +162,14 @@ class Coordinator:
         paused = self._gc_paused = _gc_isenabled()
         if paused:
             _gc_disable()
+        op = fcntl.LOCK_SH if self.read_only else fcntl.LOCK_EX
         try:
-            if self.read_only:
-                if nonblocking.on:
-                    try:
-                        _flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                        return
-                    except BlockingIOError:
-                        raise _WouldBlock from None
-                _wait_flock(fd, fcntl.LOCK_SH, self.timeout, self.lock_path)
-                return
             try:
-                _flock(fd, _LOCK_EX_NB)
+                _flock(fd, op | fcntl.LOCK_NB)
             except BlockingIOError:
                 if nonblocking.on:  # one try only; the collector is restored below
                     raise _WouldBlock from None
-                _wait_flock(fd, fcntl.LOCK_EX, self.timeout, self.lock_path)
+                _wait_flock(fd, op, self.timeout, self.lock_path)
         except BaseException:
             if paused:
                 _gc_enable()
