@@ -66,7 +66,6 @@ _TX: contextvars.ContextVar[tuple[object, ...]] = contextvars.ContextVar(
     "logkv_async_transactions", default=())
 
 _LOGKV_SIGNATURE = inspect.signature(LogKV)
-_WOULD_BLOCK: Any = object()  # what an inline call that would have waited returns
 # Threads that may wait for an fsync at once (durability="always"): enough for
 # the engine's group commit to share one fsync among several tasks' writes.
 COMMIT_THREADS = 8
@@ -265,12 +264,13 @@ class _AsyncAPI:
             was = mode.on
             mode.on = True
             try:
-                result = fn(*args)
+                try:
+                    result = fn(*args)
+                finally:
+                    mode.on = was  # before any await: other tasks share this thread
             except _WouldBlock:
-                result = _WOULD_BLOCK
-            finally:
-                mode.on = was
-            if result is not _WOULD_BLOCK:
+                pass  # nothing was changed: the whole call runs in the worker
+            else:
                 e = kv._e
                 if e._want_compaction:  # spawning the child takes a while: not here
                     await core.run(e.start_wanted_compaction)
