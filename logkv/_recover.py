@@ -9,7 +9,7 @@ nothing (the command line prints them).
   and a log holding only its header.
 * :func:`salvage_log` is the salvage rule on its own, on log bytes in memory,
   with the two policies an open-time ``recovery=`` option can offer
-  (docs/design.md §3 and issue 4): ``"skip_corrupted"`` keeps every valid
+  (docs/design.md §3): ``"skip_corrupted"`` keeps every valid
   record and skips the bad ones; ``"point_in_time"`` keeps the valid records
   up to the first bad one.
 

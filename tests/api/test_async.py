@@ -1,5 +1,5 @@
 """AsyncLogKV: the whole LogKV API as coroutines, one core with LogKV, and an
-event loop that is never held up by blocking work (CONTRACT §3, issue 5).
+event loop that is never held up by blocking work (CONTRACT §3).
 
 Plain ``asyncio.run`` inside sync tests: no pytest-asyncio needed.
 """

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import faulthandler
 import os
-import shutil
 from typing import Any
 
 import pytest

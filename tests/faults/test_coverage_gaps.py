@@ -1,4 +1,4 @@
-"""Branches of the storage core that the other tests did not reach (issue 4, proof 7).
+"""Branches of the storage core that the other tests did not reach.
 
 Each test names the module and the branch it covers; docs/_coverage_notes.md
 lists every branch that stays uncovered, with the reason.
@@ -10,7 +10,6 @@ import datetime as dt
 import enum
 import fcntl
 import os
-import signal
 
 import pytest
 

@@ -19,7 +19,6 @@ reaching the fault; once and persistently.
 from __future__ import annotations
 
 import errno
-import os
 import shutil
 from typing import Any, Callable
 

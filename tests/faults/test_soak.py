@@ -1,4 +1,4 @@
-"""Soak: thousands of SIGKILLs of concurrent writer processes (issue 4, proof 6).
+"""Soak: thousands of SIGKILLs of concurrent writer processes.
 
 In the manner of RocksDB's crash test (db_crashtest.py + db_stress's expected
 state): several real writer processes (``subprocess.Popen``) open one store at
@@ -49,7 +49,6 @@ from __future__ import annotations
 import errno
 import os
 import random
-import re
 import selectors
 import signal
 import subprocess
@@ -438,7 +437,6 @@ def soak(tmp_path: Path, kills: int, *, slots: int = 4, check_every: int = 20,
         model.feed(lines)
 
     def live_check() -> None:
-        nonlocal ro
         if ro is None:
             return
         model.check_live(ro.copy(), floor)
