@@ -22,6 +22,8 @@ one of those two is called.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import sqlite3
 import time
@@ -31,7 +33,7 @@ from typing import IO, Any, Callable
 import orjson
 
 from ._errors import LogKVError
-from ._fs import DEFAULT_FS
+from ._fs import DEFAULT_FS, io_error, store_mode
 from ._record import ValueCodec
 from ._snapshot import parse_snapshot, write_snapshot
 from ._store import LogKV
@@ -147,12 +149,11 @@ def import_file(src: str | os.PathLike[str], dest: str | os.PathLike[str], *,
     plain = [(k, v) for k, v in data.items() if k not in expiries]
     timed = [(k, v, expiries[k]) for k, v in data.items() if k in expiries and expiries[k] > now]
     total = len(plain) + len(timed)
-    done = 0
     if progress is not None:
         progress(0, total)
-    store_options.setdefault("auto_compact", False)
-    db = LogKV(dest_s, **store_options)
-    try:
+
+    def fill(db: LogKV) -> int:
+        done = 0
         for start in range(0, len(plain), BATCH):
             batch = plain[start:start + BATCH]
             db.mset(dict(batch))
@@ -169,19 +170,74 @@ def import_file(src: str | os.PathLike[str], dest: str | os.PathLike[str], *,
             done += len(batch3)
             if progress is not None:
                 progress(done, total)
-    finally:
-        db.close()  # flushes and compacts: dest alone then holds everything
+        return done
+
+    return _into_new_store(dest_s, store_options, fill)
+
+
+_STORE_SUFFIXES = ("", ".wal", ".bak", ".lock", ".shm")
+
+
+def _into_new_store(dest: str, store_options: dict[str, Any],
+                    fill: Callable[[LogKV], int]) -> int:
+    """Create the store ``dest``, ``fill`` it, compact it (``dest`` alone then
+    holds everything) and close it; return what ``fill`` returned. All or
+    nothing: when any step fails (a full disk), every file the attempt
+    created is removed before the error is raised, so running the same
+    import again starts afresh."""
+    existed = {name for name in (dest + sfx for sfx in _STORE_SUFFIXES) if os.path.lexists(name)}
+    store_options.setdefault("auto_compact", False)
+    compact = store_options.pop("compact_on_close", True)
+    db: LogKV | None = None
+    try:
+        db = LogKV(dest, compact_on_close=False, **store_options)
+        done = fill(db)
+        if compact:
+            db.compact()
+        db.close()
+    except BaseException:
+        if db is not None:
+            with contextlib.suppress(Exception):
+                db.close()  # lets go of the files; its flush may fail again
+        _remove_new_files(dest, existed)
+        raise
     return done
 
 
+def _remove_new_files(dest: str, existed: set[str]) -> None:
+    folder, base = os.path.split(os.path.abspath(dest))
+    names = [dest + sfx for sfx in _STORE_SUFFIXES if dest + sfx not in existed]
+    try:
+        names += [os.path.join(folder, n) for n in os.listdir(folder)
+                  if n.startswith((base + ".tmp.", base + ".wal.tmp.", base + ".bak.tmp."))]
+    except OSError:
+        pass
+    for name in names:
+        try:
+            os.unlink(name)
+        except OSError:
+            pass
+
+
 def export_file(path: str | os.PathLike[str], out: str | os.PathLike[str] | IO[bytes], *,
-                progress: Progress | None = None, **store_options: Any) -> int:
+                progress: Progress | None = None, overwrite: bool = False,
+                **store_options: Any) -> int:
     """Write the live state of the store at ``path`` as one plain JSON object
     (``{key: value}``; expiry times are not kept, expired keys are left out)
     to ``out``: a file name (written atomically: temp file, fsync, rename,
     folder fsync) or a binary file object. Returns the number of keys.
-    ``progress(done, total)`` is called as keys are encoded."""
+    ``progress(done, total)`` is called as keys are encoded.
+
+    An existing ``out`` is refused (``FileExistsError``) unless ``overwrite``;
+    one of the store's own files (``PATH``, ``.wal``, ``.bak``, ``.lock``,
+    ``.shm``, under any spelling, through a link, or a hard link of one) is
+    refused always (``ValueError``). Both before anything is read. The new
+    file gets the store's mode (that of ``PATH``; see the README's
+    "Security")."""
     path = os.fspath(path)
+    out_s = None if hasattr(out, "write") else os.fspath(out)
+    if out_s is not None:
+        check_export_target(path, out_s, overwrite=overwrite)
     if not os.path.exists(path) and not os.path.exists(path + ".wal"):
         raise FileNotFoundError(f"export: no store at {path}")
     store_options.setdefault("read_only", True)
@@ -206,22 +262,69 @@ def export_file(path: str | os.PathLike[str], out: str | os.PathLike[str] | IO[b
             progress(i, total)
     parts.append(b"}")
     payload = b"".join(parts)
-    if hasattr(out, "write"):
+    if out_s is None:
         out.write(payload)  # type: ignore[union-attr]
         return total
-    out_s = os.fspath(out)  # type: ignore[arg-type]
     fs = DEFAULT_FS
-    tmp = write_snapshot(fs, out_s, payload)  # temp file beside out, fsynced
+    tmp = write_snapshot(fs, out_s, payload, store_mode(path), what="the export")
     try:
-        fs.replace(tmp, out_s)
-    except BaseException:
         try:
-            fs.unlink(tmp)
+            if overwrite:
+                fs.replace(tmp, out_s)
+            else:
+                _link_no_clobber(fs, tmp, out_s)
+            fs.fsync_dir(os.path.dirname(os.path.abspath(out_s)))
+        except FileExistsError:
+            raise FileExistsError(f"export: {out_s} already exists (it appeared while the "
+                                  "export ran); nothing was written over it") from None
+        except OSError as exc:
+            raise io_error(exc, out_s, "cannot write the export") from exc
+    finally:
+        try:
+            fs.unlink(tmp)  # gone already after a rename
         except OSError:
             pass
-        raise
-    fs.fsync_dir(os.path.dirname(os.path.abspath(out_s)))
     return total
+
+
+def _link_no_clobber(fs: Any, tmp: str, out: str) -> None:
+    """Give ``tmp`` the name ``out`` only if ``out`` does not exist, in one
+    step (``link`` fails with EEXIST); where hard links are not supported,
+    check and rename."""
+    try:
+        fs.link(tmp, out)
+    except FileExistsError:
+        raise
+    except OSError:
+        if os.path.lexists(out):
+            raise FileExistsError(errno.EEXIST, "exists", out) from None
+        fs.replace(tmp, out)
+
+
+def store_files(path: str) -> list[str]:
+    """The files of the store at ``path`` that logkv itself writes (beside
+    the path as given and, for a symlinked path, beside the real file)."""
+    names = [path + sfx for sfx in _STORE_SUFFIXES]
+    real = os.path.realpath(path)
+    return names + [real + sfx for sfx in _STORE_SUFFIXES if real + sfx not in names]
+
+
+def check_export_target(path: str, out: str, *, overwrite: bool) -> None:
+    """Refuse to write an export over the store's own files (always) or over
+    any existing file (unless ``overwrite``)."""
+    target = os.path.realpath(out)
+    for own in store_files(path):
+        same = os.path.realpath(own) == target
+        if not same and os.path.exists(own) and os.path.exists(out):
+            try:
+                same = os.path.samefile(own, out)  # another name of it (a hard link)
+            except OSError:
+                same = False
+        if same:
+            raise ValueError(f"export: {out} is {own}, one of the store's own files; logkv "
+                             "never writes an export over them (not even with --force)")
+    if os.path.lexists(out) and not overwrite:
+        raise FileExistsError(f"export: {out} already exists; pass --force to replace it")
 
 
 # ---------------------------------------------------------------------------- between engines
@@ -361,12 +464,8 @@ def import_from_redis(url: str, dest: str | os.PathLike[str], *, prefix: str = "
         entries = src._entries()
     finally:
         src.close()
-    store_options.setdefault("auto_compact", False)
-    db = LogKV(dest_s, **store_options)
-    try:
-        return _copy_entries(entries, db, progress)
-    finally:
-        db.close()  # flushes and compacts: dest alone then holds everything
+    return _into_new_store(dest_s, store_options,
+                           lambda db: _copy_entries(entries, db, progress))
 
 
 def _where(url: str, prefix: str) -> str:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from ._errors import (ClosedError, CorruptionError, LogKVError, LogMismatchError, ReadOnlyError,
                       StorageError)
-from ._fs import DEFAULT_FS, FileSystem
+from ._fs import DEFAULT_FS, FileSystem, io_error, store_mode
 from ._lock import (MAGIC, NO_ROTATION, W_COMPACTIONS, W_END, W_GEN, W_LAST_COMPACTION_HOLD_US,
                     W_LAST_COMPACTION_MS, W_MAGIC, W_ROT_FROM, W_ROT_TO, W_SEQ, W_SNAPSHOT_SIZE,
                     W_WRITER, Coordinator, _WouldBlock, nonblocking)
@@ -240,7 +240,7 @@ class Engine:
                  indent: int | None = None, sort_keys: bool = False, read_only: bool = False,
                  auto_compact: bool = True, auto_compact_min_size: int = 4 << 20,
                  auto_compact_percentage: int = 100, recovery: str = "tolerate_tail",
-                 fs: FileSystem | None = None) -> None:
+                 fs: FileSystem | None = None, mode: int | None = None) -> None:
         if durability not in DURABILITY_MODES:
             raise ValueError(f"durability must be one of {DURABILITY_MODES}, not {durability!r}")
         if autosave_delay < 0:
@@ -316,6 +316,11 @@ class Engine:
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
 
+        if os.path.isdir(path):  # before any file is made beside it
+            raise StorageError(f"{path}: is a folder; the path names the store's snapshot "
+                               f"file (e.g. {os.path.join(path, 'db.json')})")
+        # Every file this store creates or replaces gets this mode (design §2).
+        self.mode = store_mode(path, mode)
         if not read_only:
             os.makedirs(self.folder, exist_ok=True)
         self.lock_timeout = lock_timeout
@@ -341,7 +346,7 @@ class Engine:
     def _open_store(self, *, salvage: str | None = None) -> None:
         """Map the shared page and load the store (after a failure nothing is held)."""
         self.coord = Coordinator(self.fs, self.path, read_only=self.read_only,
-                                 timeout=self.lock_timeout)
+                                 timeout=self.lock_timeout, mode=self.mode)
         self._words = self.coord.words if self.coord.words is not None \
             else _StatWords(self.wal_path)
         self._salvage_policy = salvage
@@ -696,10 +701,10 @@ class Engine:
 
     def _new_log(self, log_id: str, base_seq: int, fingerprint: str) -> None:
         """Create ``db.json.wal`` holding only a header, atomically and durably."""
-        tmp = self.wal_path + ".tmp"
+        tmp = ""
         header = build_header(base_seq, log_id, fingerprint)
         try:
-            fd = self.fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd, tmp = self.fs.create_temp(self.wal_path + ".tmp", self.mode)
             try:
                 self.fs.write(fd, header)
                 self.fs.fsync(fd)
@@ -709,14 +714,14 @@ class Engine:
             self.fs.fsync_dir(self.folder)
             self.log = LogFile(self.fs, self.wal_path, writable=True)
         except OSError as exc:
-            try:
-                self.fs.unlink(tmp)
-            except OSError:
-                pass
+            if tmp:
+                try:
+                    self.fs.unlink(tmp)
+                except OSError:
+                    pass
             if isinstance(exc, StorageError):
                 raise
-            raise StorageError(f"{self.wal_path}: could not create the log: "
-                               f"{exc.strerror or exc}") from exc
+            raise io_error(exc, self.wal_path, "could not create the log") from exc
         self.log_id = log_id
         self.log_end = len(header)
         self.wal_records = 0

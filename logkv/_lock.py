@@ -27,7 +27,7 @@ import threading
 import time
 
 from ._errors import LockTimeout
-from ._fs import FileSystem
+from ._fs import NEW_STORE_MODE, O_NOFOLLOW, FileSystem, io_error
 
 SHM_SIZE = 4096
 MAGIC = 0x6C6F676B76763031  # "logkvv01"
@@ -118,7 +118,8 @@ class Coordinator:
 
     _gc_paused = False
 
-    def __init__(self, fs: FileSystem, path: str, *, read_only: bool, timeout: float | None) -> None:
+    def __init__(self, fs: FileSystem, path: str, *, read_only: bool, timeout: float | None,
+                 mode: int = NEW_STORE_MODE) -> None:
         self.fs = fs
         self.lock_path = path + ".lock"
         self.shm_path = path + ".shm"
@@ -129,16 +130,13 @@ class Coordinator:
         self.map: mmap.mmap | None = None
         self.words: memoryview | None = None
         self.alone = False
+        try:
+            self._open_files(fs, read_only, mode)
+        except OSError as exc:
+            self.close()
+            raise io_error(exc, exc.filename or self.lock_path, "cannot open") from exc
         if read_only:
-            if os.path.exists(self.lock_path):
-                self.lock_fd = fs.open(self.lock_path, os.O_RDONLY)
-            if os.path.exists(self.shm_path) and os.path.getsize(self.shm_path) >= SHM_SIZE:
-                self.shm_fd = fs.open(self.shm_path, os.O_RDONLY)
-                self.map = mmap.mmap(self.shm_fd, SHM_SIZE, access=mmap.ACCESS_READ)
-                self.words = memoryview(self.map).cast("Q")
             return
-        self.lock_fd = fs.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        self.shm_fd = fs.open(self.shm_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             _wait_flock(self.shm_fd, fcntl.LOCK_EX, 0.0, self.shm_path)
             self.alone = True
@@ -148,6 +146,20 @@ class Coordinator:
             os.ftruncate(self.shm_fd, SHM_SIZE)
         self.map = mmap.mmap(self.shm_fd, SHM_SIZE)
         self.words = memoryview(self.map).cast("Q")
+
+    def _open_files(self, fs: FileSystem, read_only: bool, mode: int) -> None:
+        """Open (a writer: create with ``mode``) ``.lock`` and ``.shm``, never
+        through a symbolic link (see _fs)."""
+        if read_only:
+            if os.path.exists(self.lock_path):
+                self.lock_fd = fs.open(self.lock_path, os.O_RDONLY | O_NOFOLLOW)
+            if os.path.exists(self.shm_path) and os.path.getsize(self.shm_path) >= SHM_SIZE:
+                self.shm_fd = fs.open(self.shm_path, os.O_RDONLY | O_NOFOLLOW)
+                self.map = mmap.mmap(self.shm_fd, SHM_SIZE, access=mmap.ACCESS_READ)
+                self.words = memoryview(self.map).cast("Q")
+            return
+        self.lock_fd = fs.open_helper(self.lock_path, os.O_RDWR, mode)
+        self.shm_fd = fs.open_helper(self.shm_path, os.O_RDWR, mode)
 
     # -- the write lock ------------------------------------------------------
     def lock(self) -> None:

@@ -12,6 +12,7 @@ Recovery rules, each from the crash behind it:
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ import orjson
 import xxhash
 
 from ._errors import CorruptionError, LogMismatchError, StorageError
-from ._fs import FileSystem
+from ._fs import O_NOFOLLOW, FileSystem, io_error
 from ._record import BODY_START, LINE_PREFIX, RecordError, parse_line, validate_op
 
 _hexdigest = xxhash.xxh3_64_hexdigest
@@ -263,7 +264,12 @@ class LogFile:
         self.fs = fs
         self.path = path
         flags = (os.O_RDWR | os.O_APPEND) if writable else os.O_RDONLY
-        self.fd = fs.open(path, flags)
+        try:
+            self.fd = fs.open(path, flags | O_NOFOLLOW)  # a planted link is not our log
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            raise io_error(exc, path, "cannot open the log") from exc
         self.writable = writable
 
     def size(self) -> int:

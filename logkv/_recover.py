@@ -29,8 +29,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
-from ._errors import CorruptionError, LogKVError, LogMismatchError
-from ._fs import DEFAULT_FS, FileSystem
+from ._errors import CorruptionError, LogKVError, LogMismatchError, StorageError
+from ._fs import DEFAULT_FS, NEW_STORE_MODE, O_NOFOLLOW, FileSystem, io_error, store_mode
 from ._log import LogHeader, apply_ops, replay_start, walk_log
 from ._record import build_header
 from ._snapshot import Snapshot, encode_snapshot, install_snapshot, parse_snapshot, write_snapshot
@@ -261,13 +261,16 @@ class RecoverReport:
         return sum(end - start for start, end, _ in self.dropped)
 
 
-def take_locks(path: str, timeout: float = 10.0) -> list[int]:
+def take_locks(path: str, timeout: float = 10.0, mode: int = NEW_STORE_MODE) -> list[int]:
     """The store's write lock (flock on PATH.lock), and the proof that no other
     process has the store open (an exclusive flock on PATH.shm, whose shared
     flock every open store holds). Returns the descriptors; close them with
     :func:`release_locks`."""
     fds: list[int] = []
-    lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        lock_fd = DEFAULT_FS.open_helper(path + ".lock", os.O_RDWR, mode)
+    except OSError as exc:
+        raise io_error(exc, path + ".lock", "cannot open") from exc
     fds.append(lock_fd)
     deadline = time.monotonic() + timeout
     while True:
@@ -280,7 +283,11 @@ def take_locks(path: str, timeout: float = 10.0) -> list[int]:
                 raise LogKVError(f"could not lock {path}.lock within {timeout} s") from None
             time.sleep(0.01)
     if os.path.exists(path + ".shm"):
-        shm_fd = os.open(path + ".shm", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            shm_fd = os.open(path + ".shm", os.O_RDWR | os.O_CLOEXEC | O_NOFOLLOW)
+        except OSError as exc:
+            release_locks(fds)
+            raise io_error(exc, path + ".shm", "cannot open") from exc
         fds.append(shm_fd)
         try:
             fcntl.flock(shm_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -310,23 +317,26 @@ def _free_name(base: str) -> str:
     return name
 
 
-def _write_durably(fs: FileSystem, name: str, payload: bytes) -> None:
-    fd = fs.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+def _write_durably(fs: FileSystem, name: str, payload: bytes, mode: int) -> None:
     try:
-        fs.write(fd, payload)
-        fs.fsync(fd)
-    finally:
-        fs.close(fd)
+        fd = fs.create(name, mode)
+        try:
+            fs.write(fd, payload)
+            fs.fsync(fd)
+        finally:
+            fs.close(fd)
+    except OSError as exc:
+        raise io_error(exc, name, "cannot write") from exc
 
 
-def _keep_aside(fs: FileSystem, src: str, dst: str) -> None:
+def _keep_aside(fs: FileSystem, src: str, dst: str, mode: int) -> None:
     """Make ``dst`` a second name of ``src`` (hard link; a synced copy when
     links are not possible), so ``src`` can then be replaced atomically."""
     try:
         fs.link(src, dst)
     except OSError:
         data = fs.read_file(src)
-        _write_durably(fs, dst, data or b"")
+        _write_durably(fs, dst, data or b"", mode)
 
 
 def _read_start(fs: FileSystem, path: str, bak: str, from_backup: bool
@@ -380,7 +390,8 @@ def recover_store(path: str, *, from_backup: bool = False, apply_log: bool = Fal
     bak = path + ".bak"
     folder = os.path.dirname(os.path.abspath(path))
 
-    fds = take_locks(path)
+    mode = store_mode(path)
+    fds = take_locks(path, mode=mode)
     try:
         stamp = _stamp()
         # 1. the snapshot (or its backup)
@@ -440,42 +451,52 @@ def recover_store(path: str, *, from_backup: bool = False, apply_log: bool = Fal
         say("moving damaged bytes aside")
         if used_backup and raw is not None:
             report.damaged_snapshot = _free_name(f"{path}.damaged-{stamp}.snapshot")
-            _keep_aside(fs, path, report.damaged_snapshot)
+            _keep_aside(fs, path, report.damaged_snapshot, mode)
         if report.dropped:
             report.damaged_file = _free_name(f"{path}.damaged-{stamp}")
             _write_durably(fs, report.damaged_file,
-                           b"".join(buf[s:e] for s, e, _ in report.dropped))
+                           b"".join(buf[s:e] for s, e, _ in report.dropped), mode)
         if not used_backup and raw is not None and os.path.exists(bak):
             # install_snapshot below makes .bak the current snapshot: keep the
             # older backup too
             report.old_bak = _free_name(f"{bak}.recovered-{stamp}")
-            _keep_aside(fs, bak, report.old_bak)
+            _keep_aside(fs, bak, report.old_bak, mode)
         if os.path.exists(wal):
             report.old_log = _free_name(f"{wal}.recovered-{stamp}")
-            _keep_aside(fs, wal, report.old_log)
+            _keep_aside(fs, wal, report.old_log, mode)
         fs.fsync_dir(folder)
 
         # 5. a fresh snapshot with a new log id, then a log holding its header
         say(f"writing {len(data)} keys")
         log_id = secrets.token_hex(16)
         payload = encode_snapshot(data, exp, log_id, last_seq)
-        tmp = write_snapshot(fs, path, payload)
+        tmp = write_snapshot(fs, path, payload, mode)
         install_snapshot(fs, path, tmp, create_backup=not used_backup)
         head = build_header(last_seq, log_id, f"{log_id}:{last_seq}")
-        wal_tmp = wal + ".tmp"
-        fd = fs.open(wal_tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd, wal_tmp = fs.create_temp(wal + ".tmp", mode)
         try:
-            fs.write(fd, head)
-            fs.fsync(fd)
-        finally:
-            fs.close(fd)
-        fs.replace(wal_tmp, wal)
+            try:
+                fs.write(fd, head)
+                fs.fsync(fd)
+            finally:
+                fs.close(fd)
+            fs.replace(wal_tmp, wal)
+        except BaseException:
+            try:
+                fs.unlink(wal_tmp)
+            except OSError:
+                pass
+            raise
         fs.fsync_dir(folder)
         if len(fds) > 1:
             # The shared page describes the old files: clear its magic word so
             # the next process that opens the store rebuilds it from the files
             # (design.md §7), even one that was waiting for our lock.
             os.pwrite(fds[1], b"\0" * 8, 0)
+    except StorageError:
+        raise
+    except OSError as exc:  # one line naming the file (a full disk, a folder not writable)
+        raise io_error(exc, exc.filename or path, "recover failed") from exc
     finally:
         release_locks(fds)
 

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import secrets
+import stat
 from dataclasses import dataclass
 from itertools import compress, repeat
 from operator import is_not, itemgetter
@@ -16,7 +17,7 @@ import orjson
 import xxhash
 
 from ._errors import CorruptionError
-from ._fs import FileSystem
+from ._fs import NEW_STORE_MODE, FileSystem, io_error
 
 BOOKKEEPING = "logkv"
 # A run of 19 digits may be an integer orjson would read as a float; only files
@@ -216,42 +217,71 @@ def _encode(data: dict[str, Any], expiries: dict[str, float], log_id: str, seq: 
     return text.encode("utf-8")
 
 
-def write_snapshot(fs: FileSystem, path: str, payload: bytes) -> str:
-    """Write ``payload`` to a synced temp file beside ``path``; return its name."""
+def write_snapshot(fs: FileSystem, path: str, payload: bytes, mode: int = NEW_STORE_MODE, *,
+                   what: str = "the new snapshot") -> str:
+    """Write ``payload`` to a synced temp file beside ``path`` (a new file with
+    a random name and exactly ``mode``, see _fs); return its name. A failure
+    removes the temp file and raises StorageError naming ``path``."""
+    fd, tmp = create_snapshot_temp(fs, path, mode, what=what)
+    fill_snapshot_temp(fs, path, fd, tmp, payload, what=what)
+    return tmp
+
+
+def create_snapshot_temp(fs: FileSystem, path: str, mode: int, *,
+                         what: str = "the new snapshot") -> tuple[int, str]:
+    """The descriptor and name of a new, empty temp file beside ``path``."""
     folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f"{os.path.basename(path)}.tmp.{secrets.token_hex(6)}")
-    fd = fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        return fs.create_temp(os.path.join(folder, f"{os.path.basename(path)}.tmp"), mode)
+    except OSError as exc:
+        raise io_error(exc, path, f"cannot create a temporary file for {what} in {folder}") \
+            from exc
+
+
+def fill_snapshot_temp(fs: FileSystem, path: str, fd: int, tmp: str, payload: bytes, *,
+                       what: str = "the new snapshot") -> None:
+    """Write ``payload`` into the temp file, fsync and close it; on failure
+    close and remove it and raise StorageError naming ``path``."""
     try:
         fs.write(fd, payload)
         fs.fsync(fd)
-    except BaseException:
+    except BaseException as exc:
         fs.close(fd)
         try:
             fs.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError):
+            raise io_error(exc, path, f"cannot write {what} (temporary file {tmp})") from exc
         raise
     fs.close(fd)
-    return tmp
 
 
 def install_snapshot(fs: FileSystem, path: str, tmp: str, *, create_backup: bool) -> None:
     """Keep the old snapshot as ``.bak`` and rename ``tmp`` over ``path``, durably."""
     folder = os.path.dirname(os.path.abspath(path))
-    if create_backup and fs.stat(path) is not None:
+    old = fs.stat(path)
+    if create_backup and old is not None:
         bak = path + ".bak"
-        bak_tmp = f"{bak}.tmp.{secrets.token_hex(6)}"
+        bak_tmp = f"{bak}.tmp.{secrets.token_hex(8)}"
         try:
-            fs.link(path, bak_tmp)  # no copy: .bak becomes the old snapshot's inode
-        except OSError:
-            raw = fs.read_file(path) or b""
-            fd = fs.open(bak_tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
-                fs.write(fd, raw)
-                fs.fsync(fd)
-            finally:
-                fs.close(fd)
-        fs.replace(bak_tmp, bak)
+                fs.link(path, bak_tmp)  # no copy: .bak becomes the old snapshot's inode
+            except OSError:
+                raw = fs.read_file(path) or b""
+                fd = fs.create(bak_tmp, stat.S_IMODE(old.st_mode))
+                try:
+                    fs.write(fd, raw)
+                    fs.fsync(fd)
+                finally:
+                    fs.close(fd)
+            fs.replace(bak_tmp, bak)
+        except BaseException:
+            try:
+                fs.unlink(bak_tmp)
+            except OSError:
+                pass
+            raise
     fs.replace(tmp, path)
     fs.fsync_dir(folder)
 
@@ -269,18 +299,26 @@ def set_aside_old_backup(fs: FileSystem, path: str) -> str | None:
     return aside
 
 
-def remove_stale_temps(fs: FileSystem, path: str) -> None:
-    """Delete temp files a crashed compaction left (call under the compaction lock)."""
+def remove_stale_temps(fs: FileSystem, path: str) -> list[str]:
+    """Delete the temp files a crashed compaction left (call under the
+    compaction lock); return the log temp files found (``db.json.wal.tmp.*``),
+    which writers also make, under the write lock: the caller deletes those
+    once it holds the write lock (then they are stale too). ``unlink``
+    removes a symbolic link itself, never what it points to."""
     folder = os.path.dirname(os.path.abspath(path))
     base = os.path.basename(path)
     try:
         names = os.listdir(folder)
     except OSError:
-        return
+        return []
+    log_temps: list[str] = []
     for name in names:
-        if name.startswith(base + ".tmp.") or name.startswith(base + ".bak.tmp.") \
-                or name.startswith(base + ".bak.old.") or name == base + ".wal.tmp":
+        if name == base + ".wal.tmp" or name.startswith(base + ".wal.tmp."):
+            log_temps.append(os.path.join(folder, name))
+        elif name.startswith(base + ".tmp.") or name.startswith(base + ".bak.tmp.") \
+                or name.startswith(base + ".bak.old."):
             try:
                 fs.unlink(os.path.join(folder, name))
             except OSError:
                 pass
+    return log_temps

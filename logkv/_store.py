@@ -376,7 +376,8 @@ class LogKV(_API):
                  durability: str = "interval", compact_on_close: bool = True,
                  read_only: bool = False, auto_compact: bool = True,
                  auto_compact_min_size: int = 4 << 20, auto_compact_percentage: int = 100,
-                 recovery: str = "tolerate_tail", _fs: FileSystem | None = None) -> None:
+                 recovery: str = "tolerate_tail", mode: int | None = None,
+                 _fs: FileSystem | None = None) -> None:
         if encoding.replace("-", "").replace("_", "").lower() != "utf8":
             # JSON text exchanged between programs is UTF-8 (RFC 8259 §8.1).
             raise ValueError("logkv stores UTF-8 only (encoding='utf-8')")
@@ -394,7 +395,7 @@ class LogKV(_API):
                          read_only=read_only, auto_compact=auto_compact,
                          auto_compact_min_size=auto_compact_min_size,
                          auto_compact_percentage=auto_compact_percentage, recovery=recovery,
-                         fs=_fs)
+                         fs=_fs, mode=mode)
 
     @property
     def path(self) -> str:

@@ -78,6 +78,9 @@ def _err(msg: str) -> None:
 
 
 def _require_store(path: str) -> None:
+    if os.path.isdir(path):  # refused before any file is made beside it
+        raise _UsageError(f"{path} is a folder; PATH is the store's snapshot file "
+                          f"(e.g. {os.path.join(path, 'db.json')})")
     if not os.path.exists(path) and not os.path.exists(path + ".wal"):
         raise _UsageError(f"no store at {path} (neither {path} nor {path}.wal exists)")
 
@@ -92,6 +95,16 @@ def _parse_json_value(text: str) -> Any:
         raise _UsageError(
             f"the value is not valid JSON ({exc}); a string must be quoted, "
             "e.g. '\"hello\"'") from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {text!r}")
+    return value
 
 
 def _positive_float(text: str) -> float:
@@ -212,6 +225,8 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 def cmd_set(args: argparse.Namespace) -> int:
+    if os.path.isdir(args.path):
+        _require_store(args.path)  # says why
     value = _parse_json_value(args.value)
     store = LogKV(args.path, compact_on_close=False, durability="always")
     try:
@@ -350,10 +365,16 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise _UsageError("--prefix and --replace go with --to URL")
     _require_store(args.path)
     if args.out is None or args.out == "-":
+        if args.force:
+            raise _UsageError("--force goes with OUT (a file to replace)")
         n = export_file(args.path, sys.stdout.buffer, progress=_count_progress("export"))
         sys.stdout.buffer.write(b"\n")
         return EXIT_OK
-    n = export_file(args.path, args.out, progress=_count_progress("export"))
+    try:
+        n = export_file(args.path, args.out, progress=_count_progress("export"),
+                        overwrite=args.force)
+    except (FileExistsError, ValueError) as exc:  # an existing OUT, the store's own file
+        raise _UsageError(str(exc)) from None
     print(f"exported {n} keys from {args.path} to {args.out}")
     return EXIT_OK
 
@@ -367,6 +388,9 @@ def _export_to_redis(args: argparse.Namespace) -> int:
         raise _UsageError(f"--to takes a Redis URL (redis://, rediss:// or unix://), not {url!r}")
     if args.out is not None:
         raise _UsageError("give either OUT or --to URL, not both")
+    if args.force:
+        raise _UsageError("--force goes with OUT; with --to URL, --replace empties the "
+                          "destination first")
     _require_store(args.path)
     where = _masked(url) + (f" (prefix {args.prefix!r})" if args.prefix else "")
 
@@ -646,7 +670,7 @@ def build_parser() -> argparse.ArgumentParser:
             "increments a counter, kill it with SIGKILL; reopen and check that every "
             "acknowledged write is there; compact; print the stats. Exit 0 when every "
             "check passes.")
-    p.add_argument("--acks", type=int, default=300, metavar="N",
+    p.add_argument("--acks", type=_positive_int, default=300, metavar="N",
                    help="acknowledged writes to wait for before the kill (default 300)")
     p.set_defaults(func=cmd_demo)
 
@@ -667,8 +691,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("export", "write the live state as a JSON object, or copy it into Redis",
             "Without --to: write every live key of the store at PATH and its value as one "
-            "plain JSON object to OUT (atomically), or to standard output when OUT is "
-            "omitted or '-'; expiry times are not kept. With --to URL: copy every live key "
+            "plain JSON object to OUT (atomically, with the mode of PATH), or to standard "
+            "output when OUT is omitted or '-'; expiry times are not kept. An existing OUT "
+            "is refused (exit 2) unless --force; the store's own files (PATH, PATH.wal, "
+            "PATH.bak, PATH.lock, PATH.shm, under any name or link) are refused always. "
+            "With --to URL: copy every live key "
             "with its value and expiry time into the Redis server at URL (redis://, "
             "rediss:// or unix://), each key stored as P<key> the way RedisKV(URL, "
             "prefix=P) stores it; shows progress on a terminal. The destination must hold "
@@ -678,7 +705,11 @@ def build_parser() -> argparse.ArgumentParser:
             "missing.")
     p.add_argument("path", metavar="PATH", help="the store's snapshot file")
     p.add_argument("out", metavar="OUT", nargs="?", default=None,
-                   help="the JSON file to write (default: standard output)")
+                   help="the JSON file to write (default: standard output); an existing "
+                        "file is refused unless --force, the store's own files always")
+    p.add_argument("--force", action="store_true",
+                   help="replace OUT if it exists (never one of the store's own files: "
+                        "PATH, PATH.wal, PATH.bak, PATH.lock, PATH.shm)")
     p.add_argument("--to", metavar="URL", default=None,
                    help="copy into this Redis server instead (e.g. redis://localhost:6379/0)")
     p.add_argument("--prefix", default="", metavar="P",
@@ -699,7 +730,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    if not _log.handlers:
+    if not any(not isinstance(h, logging.NullHandler) for h in _log.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("logkv: %(levelname)s: %(message)s"))
         _log.addHandler(handler)

@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 import orjson
 
+from ._fs import DEFAULT_FS, NEW_STORE_MODE, check_mode, store_mode
 from ._snapshot import _DIGITS, _LONG_RUN
 from ._store import LogKV
 
@@ -58,12 +59,13 @@ class aiodict(LogKV):  # noqa: N801 -- aiodict's own class name
                  serializer: Callable[[Any], Any] | None = None,
                  deserializer: Callable[[Any], Any] | None = None, indent: int | None = None,
                  sort_keys: bool = False, cleanup_expired_on_load: bool = True,
-                 lock_timeout: float = 10.0, encoding: str = "utf-8") -> None:
+                 lock_timeout: float = 10.0, encoding: str = "utf-8",
+                 mode: int | None = None) -> None:
         super().__init__(path, autosave=autosave, autosave_delay=autosave_delay,
                          create_backup=create_backup, serializer=serializer,
                          deserializer=deserializer, indent=indent, sort_keys=sort_keys,
                          cleanup_expired_on_load=cleanup_expired_on_load,
-                         lock_timeout=lock_timeout, encoding=encoding)
+                         lock_timeout=lock_timeout, encoding=encoding, mode=mode)
         if not os.path.exists(self._given_path):
             try:
                 self.compact()  # aiodict writes the file at once when it is missing
@@ -188,6 +190,27 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
+def _remove_stale_temps(path: str) -> None:
+    """Delete ``<file>.tmp.<16 hex digits>`` left by a save that died (the
+    caller holds ``<file>.lock``; unlink never follows a link)."""
+    folder, base = os.path.split(path)
+    prefix = base + ".tmp."
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(prefix) and _is_token(name[len(prefix):]):
+            try:
+                os.unlink(os.path.join(folder, name))
+            except OSError:
+                pass
+
+
+def _is_token(text: str) -> bool:
+    return len(text) == 16 and all(c in "0123456789abcdef" for c in text)
+
+
 class PickleDB:
     """pickleDB 1.6's JSON class: all data in memory in ``self.db``; ``load()``
     and ``save()`` are the only I/O. Every method works in sync code and,
@@ -199,10 +222,11 @@ class PickleDB:
     the last ``save()`` wins and nothing is left behind when encoding fails.
     """
 
-    def __init__(self, location: str | os.PathLike[str]) -> None:
+    def __init__(self, location: str | os.PathLike[str], *, mode: int | None = None) -> None:
         self.location = os.path.expanduser(location)
         self.db: dict[str, Any] = {}
         self._lock = threading.RLock()
+        self._mode = None if mode is None else check_mode(mode)
 
     # ----------------------------------------------------------- context
     def __enter__(self) -> "PickleDB":
@@ -242,7 +266,10 @@ class PickleDB:
     def _save(self) -> bool:
         path = os.path.abspath(self.location)
         folder = os.path.dirname(path)
-        lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        # The file's own mode when it exists, else mode= (0o600 by default),
+        # for the file and the lock file alike (see LogKV's files).
+        mode = store_mode(path, self._mode)
+        lock_fd = DEFAULT_FS.open_helper(path + ".lock", os.O_RDWR, mode)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
             # Encode under the lock: the save that writes last holds the
@@ -250,8 +277,11 @@ class PickleDB:
             # encoded raises before any file is created.
             with self._lock:
                 payload = _encode_json(self.db)
-            tmp = path + ".tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            # A new file with a random name (O_EXCL, never through a link),
+            # so a file or link planted at <file>.tmp is never written. Temp
+            # files of saves that died are stale now (we hold the lock).
+            _remove_stale_temps(path)
+            fd, tmp = DEFAULT_FS.create_temp(path + ".tmp", mode)
             try:
                 try:
                     view = memoryview(payload)
@@ -320,6 +350,21 @@ def _quote_ident(name: str) -> str:
     return '"' + str(name).replace('"', '""') + '"'
 
 
+def _create_private(path: str, mode: int | None) -> None:
+    """Create a missing database file, empty, with ``mode`` (0o600 by
+    default), before SQLite opens it: SQLite then gives its ``-wal``,
+    ``-shm`` and ``-journal`` files that mode too. An existing file is left
+    as it is."""
+    mode = NEW_STORE_MODE if mode is None else check_mode(mode)
+    if path in ("", ":memory:") or os.path.lexists(path):
+        return
+    try:
+        fd = DEFAULT_FS.create(path, mode)
+    except FileExistsError:
+        return  # another process created it meanwhile
+    os.close(fd)
+
+
 class PickleDBSQLite:
     """pickleDB 1.6's SQLite class on stdlib ``sqlite3``: table
     ``kv (key TEXT PRIMARY KEY, value BLOB NOT NULL)`` holding orjson bytes,
@@ -327,11 +372,12 @@ class PickleDBSQLite:
     in this object's own worker thread, never on the event loop."""
 
     def __init__(self, sqlite_path: str | os.PathLike[str] = "pickledb.sqlite3",
-                 table_name: str = "kv") -> None:
+                 table_name: str = "kv", *, mode: int | None = None) -> None:
         self.sqlite_path = sqlite_path
         self.table_name = table_name
         self._lock = threading.RLock()
         self._executor: ThreadPoolExecutor | None = None
+        _create_private(os.fspath(sqlite_path), mode)
         self._conn = sqlite3.connect(sqlite_path, check_same_thread=False)
         t = _quote_ident(table_name)
         self._sql_get = f"SELECT value FROM {t} WHERE key = ?"

@@ -96,7 +96,9 @@ def test_constructor_signature_and_defaults_are_aiodicts():
         ("indent", None), ("sort_keys", False), ("cleanup_expired_on_load", True),
         ("lock_timeout", 10.0), ("encoding", "utf-8"),
     ]
-    assert [(name, p.default) for name, p in params.items()] == expected
+    # aiodict's parameters, in aiodict's order, then logkv's one addition
+    # (keyword-only, so no aiodict call changes meaning): the files' mode.
+    assert [(name, p.default) for name, p in params.items()] == expected + [("mode", None)]
     assert params["path"].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
     assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for n, p in params.items() if n != "path")
     assert issubclass(aiodict, LogKV)

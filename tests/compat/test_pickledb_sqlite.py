@@ -66,8 +66,11 @@ def test_defaults():
     import inspect
 
     params = inspect.signature(PickleDBSQLite).parameters
+    # pickleDB's two parameters, then logkv's keyword-only addition (the mode
+    # of a database file it creates)
     assert [(n, p.default) for n, p in params.items()] == \
-        [("sqlite_path", "pickledb.sqlite3"), ("table_name", "kv")]
+        [("sqlite_path", "pickledb.sqlite3"), ("table_name", "kv"), ("mode", None)]
+    assert params["mode"].kind is inspect.Parameter.KEYWORD_ONLY
 
 
 def test_set_none_makes_a_uuid4_key_and_set_upserts(tmp_path):

@@ -26,6 +26,7 @@ import errno as _errno
 import os
 import random
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -278,6 +279,9 @@ class FaultFS(RecordingFS):
     """Raises ``OSError(errno)`` at the ``n``-th call of ``kind`` (counting
     from 1) and, if ``persistent``, at every later one until ``heal()``.
 
+    ``named=False``: a failing descriptor call raises with no file name, as
+    the kernel's ``write(2)`` does (for tests that errors name their file).
+
     ``kind`` is one of ``write``, ``fsync`` (fsync and fdatasync), ``replace``,
     ``fsync_dir``, ``link``, ``ftruncate``, ``open`` (opens for writing).
     A failing write first writes ``partial`` bytes of its data (None: half),
@@ -289,8 +293,11 @@ class FaultFS(RecordingFS):
              "open": ("open",)}
 
     def __init__(self, kind: str, n: int, errno: int = _errno.ENOSPC, persistent: bool = False,
-                 partial: int | None = None) -> None:
+                 partial: int | None = None, named: bool = True) -> None:
         super().__init__()
+        # False: a failing write/fsync raises as the kernel's does, with no
+        # file name (only a path-based call names its path).
+        self.named = named
         if kind not in self.KINDS:
             raise ValueError(kind)
         self.kind = kind
@@ -323,6 +330,8 @@ class FaultFS(RecordingFS):
                 cut = len(data) // 2 if self.partial is None else min(self.partial, len(data))
                 if cut:
                     FileSystem.write(self, args[0], data[:cut])
+            if not self.named and kind in ("write", "fsync", "fdatasync", "ftruncate"):
+                raise OSError(self.errno, os.strerror(self.errno))
             raise OSError(self.errno, os.strerror(self.errno), path)
 
 
@@ -678,3 +687,77 @@ class ExitAt(CrashAt):
             super().after(kind, path, args)
         except SimulatedCrash:
             os._exit(self.EXIT_CODE)
+
+
+# =========================================================================== a small real disk
+
+
+class TinyDisk:
+    """A real file system of ``size`` bytes (tmpfs), mounted at a new folder:
+    a full disk as the kernel reports it (ENOSPC from ``write(2)``, with no
+    file name). Needs root and a kernel that lets it mount (``available()``);
+    tests fall back to ``FaultFS`` otherwise."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.path = tempfile.mkdtemp(prefix="logkv-tinydisk-")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
+                               self.path], capture_output=True, text=True, check=False)
+        if done.returncode:
+            os.rmdir(self.path)
+            raise OSError(f"cannot mount a tmpfs: {done.stderr.strip()}")
+
+    @staticmethod
+    def available() -> bool:
+        if not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("mount"):
+            return False
+        try:
+            TinyDisk(64 * 1024).unmount()
+        except OSError:
+            return False
+        return True
+
+    def free(self) -> int:
+        st = os.statvfs(self.path)
+        return st.f_bavail * st.f_frsize
+
+    def fill(self, leave: int = 0, name: str = "filler") -> str:
+        """Take all the free space but ``leave`` bytes with a file ``name``."""
+        filler = os.path.join(self.path, name)
+        with open(filler, "wb") as f:
+            f.write(b"\0" * max(0, self.free() - leave))
+        return filler
+
+    def unmount(self) -> None:
+        subprocess.run(["umount", "-l", self.path], check=True, capture_output=True)
+        os.rmdir(self.path)
+
+
+_TINY: list[bool] = []
+
+
+def tiny_disk_available() -> bool:
+    if not _TINY:
+        _TINY.append(TinyDisk.available())
+    return _TINY[0]
+
+
+@pytest.fixture
+def tiny_disk():
+    """A factory of small tmpfs mounts (``TinyDisk``), unmounted after the
+    test; None when this machine cannot mount one (not root, no tmpfs)."""
+    if not tiny_disk_available():
+        yield None
+        return
+    disks: list[TinyDisk] = []
+
+    def make(size: int = 1 << 20) -> TinyDisk:
+        disk = TinyDisk(size)
+        disks.append(disk)
+        return disk
+
+    try:
+        yield make
+    finally:
+        for disk in disks:
+            disk.unmount()

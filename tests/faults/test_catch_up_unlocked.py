@@ -97,7 +97,7 @@ def _compact_and_die_after_rename(store_path, *, while_preparing=None):
 
     class DyingFS(FileSystem):
         def open(self, path, flags, mode=0o644):
-            if while_preparing is not None and path.endswith(".wal.tmp"):
+            if while_preparing is not None and ".wal.tmp." in path:
                 while_preparing()
             return super().open(path, flags, mode)
 
