@@ -413,7 +413,7 @@ def export_to_redis(path: str | os.PathLike[str], url: str, *, prefix: str = "",
     are skipped. Batches of ``BATCH`` keys are one MULTI/EXEC each; a failure
     part way leaves the batches already written (run again with ``replace``).
     ``redis_options`` go to ``redis.Redis.from_url``. Needs redis-py
-    (``pip install "logkv[redis]"``); server errors are redis-py's own.
+    (``pip install redis``); server errors are redis-py's own.
     """
     path = os.fspath(path)
     if not os.path.exists(path) and not os.path.exists(path + ".wal"):

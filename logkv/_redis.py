@@ -618,7 +618,8 @@ def _import_redis() -> Any:
     try:
         import redis
     except ImportError:
-        raise ImportError('RedisKV needs redis-py: pip install "logkv[redis]"') from None
+        raise ImportError('RedisKV needs redis-py: pip install redis (or pip install ".[redis]" '
+                          "in logkv's source folder)") from None
     return redis
 
 

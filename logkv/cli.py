@@ -293,8 +293,8 @@ def _with_redis(url: str, work: Callable[[], int]) -> int:
     except ImportError as exc:
         if "redis" not in str(exc):
             raise
-        _err('error: moving a store to or from Redis needs redis-py: '
-             'pip install "logkv[redis]"')
+        _err('error: moving a store to or from Redis needs redis-py: pip install redis '
+             '(or pip install ".[redis]" in logkv\'s source folder)')
         return EXIT_FAIL
     except Exception as exc:
         message = _redis_failure(exc, url)
