@@ -114,6 +114,20 @@ def test_mode_argument_sets_a_new_stores_mode_exactly(tmp_path, mode):
     assert fs.created and set(fs.created.values()) == {mode}, fs.created
 
 
+def test_async_store_takes_a_mode(tmp_path, umask022):
+    import asyncio
+
+    from logkv import AsyncLogKV
+
+    async def main() -> None:
+        async with AsyncLogKV(str(tmp_path / "db.json"), mode=0o640) as db:
+            await db.set("a", 1)
+
+    asyncio.run(main())
+    files = _modes(tmp_path)
+    assert files and set(files.values()) == {0o640}, files
+
+
 @pytest.mark.parametrize("mode", [0o664, 0o640, 0o600])
 def test_an_existing_store_gives_every_file_the_snapshots_mode(tmp_path, umask022, mode):
     """An aiodict file (or a store someone chmodded): the log, the lock, the
