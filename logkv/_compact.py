@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from ._errors import LogKVError, StorageError
+from ._errors import CorruptionError, LogKVError, StorageError
 from ._fs import DEFAULT_FS, FileSystem
 from ._lock import (W_COMPACTIONS, W_END, W_GEN, W_LAST_COMPACTION_HOLD_US,
                     W_LAST_COMPACTION_MS, W_ROT_FROM, W_ROT_TO, W_SNAPSHOT_SIZE, W_WRITER)
@@ -57,6 +57,10 @@ def compact_store(path: str, *, create_backup: bool = True, indent: int | None =
         raise
     except OSError as exc:
         raise StorageError(f"{path}: compaction failed: {exc.strerror or exc}") from exc
+    except CorruptionError as exc:
+        if exc.path is not None:
+            raise
+        raise CorruptionError(f"{path}: {exc}", path=path, offset=None) from None
 
 
 def _compact(path: str, *, create_backup: bool, indent: int | None, sort_keys: bool,
