@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from . import _errors
-from ._errors import LogKVError, StorageError
+from ._errors import CorruptionError, LogKVError, StorageError
 from ._fs import DEFAULT_FS, FileSystem, io_error
 from ._lock import (W_COMPACTIONS, W_END, W_GEN, W_LAST_COMPACTION_HOLD_US,
                     W_LAST_COMPACTION_MS, W_ROT_FROM, W_ROT_TO, W_SNAPSHOT_SIZE, W_WRITER)
@@ -61,6 +61,8 @@ def compact_store(path: str, *, create_backup: bool = True, indent: int | None =
                         fs=fs, wait=wait, lock_timeout=lock_timeout, progress=progress)
     except LogKVError as exc:
         exc.args = (_failed(path, str(exc)),)
+        if isinstance(exc, CorruptionError) and exc.path is None:
+            exc.path = path
         raise
     except OSError as exc:
         raise StorageError(_failed(path, str(exc))) from exc

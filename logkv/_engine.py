@@ -27,7 +27,7 @@ from ._log import (LogFile, LogHeader, apply_ops, decode_chunks, locate_record,
                    parse_header, replay_start)
 from ._rules import MISSING
 from ._record import (BODY_START, OP_CLEAR, RecordError, ValueCodec, build_header, build_line,
-                      build_set_line, op_delete,
+                      build_set_line, check_key, op_delete,
                       op_expire, op_set, validate_op)
 from ._snapshot import Snapshot, load_snapshot
 
@@ -1170,6 +1170,13 @@ class Engine:
     def _commit(self, items: list[tuple[str, Entry]], *, clear: bool) -> int:
         """Log one batch as one record and apply it. Caller is inside _enter()."""
         if not self.autosave:
+            # Every key must be writable now: one that is not would make each
+            # later flush fail, and with it every other pending change (the
+            # front ends check the keys they are given; this also covers a
+            # delete of a key read from a foreign file).
+            for key, _entry in items:
+                if not key.isascii():
+                    check_key(key)
             if clear:
                 self._pending.clear()
                 self._pending_clear = True
@@ -1372,18 +1379,22 @@ class Engine:
             view: dict[str, Any] = {}  # key -> what memory will hold (_held_after)
             for item in items:
                 entry = item.entry
-                if entry is None:
-                    assert item.change is not None
-                    try:
-                        entry = item.change(self._batch_lookup(item.key, view))
-                    except Exception as exc:  # the caller's own error (TypeError, KeyError...)
-                        item.error = exc
-                        continue
+                try:
                     if entry is None:
-                        continue  # no change, nothing to log
-                    item.entry = entry
+                        assert item.change is not None
+                        entry = item.change(self._batch_lookup(item.key, view))
+                        if entry is None:
+                            continue  # no change, nothing to log
+                        item.entry = entry
+                    line = _entry_line(seq + 1, item.key, entry)
+                except Exception as exc:
+                    # The caller's own error (TypeError, KeyError...): it fails
+                    # that call alone, never the others of the batch.
+                    item.error = exc
+                    item.entry = None
+                    continue
                 seq += 1
-                lines.append(_entry_line(seq, item.key, entry))
+                lines.append(line)
                 written.append((item.key, entry))
                 view[item.key] = self._held_after(item.key, entry, view)
             if not lines:
@@ -1699,8 +1710,13 @@ class Engine:
         if not self.read_only:
             try:
                 self.flush()
-            except BaseException as exc:  # still release everything below
-                error = exc
+            except BaseException as exc:
+                if (self._pending or self._pending_clear) and not self._poisoned:
+                    # Manual-mode changes that could not be logged (a write
+                    # failed): the store stays open with them, so that close()
+                    # or flush() once the fault is gone still saves them.
+                    raise
+                error = exc  # still release everything below
         self._stop.set()
         self._flush_wake.set()
         if self._flusher is not None:

@@ -9,6 +9,7 @@ import datetime as _dt
 import enum
 import json
 import math
+import uuid
 from pathlib import PurePath
 from typing import Any, Callable
 
@@ -56,28 +57,143 @@ def builtin_default(value: Any) -> Any:
 
 _PLAIN = frozenset((str, int, float, bool, type(None)))
 
+# How many levels of lists and dicts a value may nest. orjson writes at most
+# 254 levels, and the snapshot puts every value 3 levels down
+# ({"data": {key: {"value": ...}}}); a deeper value could be logged but never
+# compacted, so it is refused when it is set.
+MAX_DEPTH = 251
 
-def _find_enum(value: Any, depth: int = 0) -> Any:
+
+class _Convert:
+    """Marks a value that holds something a reopen gives back as another type
+    (a tuple, a UUID, ...), or that nests too deep for the scan to tell."""
+
+    __slots__ = ()
+
+
+_CONVERT: Any = _Convert()
+# Types orjson writes by itself that a reopen reads back as something else.
+_NATIVE_CONVERTED = (uuid.UUID, orjson.Fragment)
+
+
+def _scan(value: Any, depth: int = 0) -> Any:
     """The first Enum member inside ``value`` (orjson encodes enums itself,
-    bypassing both the serializer and the no-serializer rules), or None."""
+    bypassing both the serializer and the no-serializer rules); else
+    ``_CONVERT`` if ``value`` holds a type orjson writes natively that a
+    reopen does not give back (tuple, UUID, Fragment) or nests more than 100
+    levels (the scan stops there); else None. Everything else that is not
+    plain JSON, the strict encode of ``ValueCodec.prepare`` finds."""
     t = type(value)
-    if t in _PLAIN or depth > 100:
+    if t in _PLAIN:
         return None
+    if depth > 100:
+        return _CONVERT
     if t is dict:
+        found = None
         for item in value.values():
             if type(item) not in _PLAIN:
-                found = _find_enum(item, depth + 1)
-                if found is not None:
-                    return found
-        return None
+                r = _scan(item, depth + 1)
+                if r is not None:
+                    if r is not _CONVERT:
+                        return r
+                    found = r
+        return found
     if t is list or t is tuple:
+        found = None if t is list else _CONVERT
         for item in value:
             if type(item) not in _PLAIN:
-                found = _find_enum(item, depth + 1)
-                if found is not None:
-                    return found
-        return None
-    return value if isinstance(value, enum.Enum) else None
+                r = _scan(item, depth + 1)
+                if r is not None:
+                    if r is not _CONVERT:
+                        return r
+                    found = r
+        return found
+    if isinstance(value, enum.Enum):
+        return value
+    if isinstance(value, _NATIVE_CONVERTED):
+        return _CONVERT
+    return None
+
+
+def _find_enum(value: Any) -> Any:
+    """The first Enum member inside ``value``, or None."""
+    r = _scan(value)
+    return None if r is _CONVERT else r
+
+
+class _NotPlain(Exception):
+    """Raised by the strict encode's ``default``: the value is not plain JSON."""
+
+
+def _not_plain(value: Any) -> Any:
+    raise _NotPlain
+
+
+# The strict encode: plain JSON only. orjson hands every other type it knows
+# (datetime & co., dataclasses, subclasses of str/int/dict/list) to
+# ``default`` and refuses non-str dict keys.
+_OPT_STRICT = (orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+               | orjson.OPT_PASSTHROUGH_SUBCLASS)
+
+
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> int:
+    """How deep ``value`` (lists and dicts only: a decoded JSON value) nests,
+    if more than ``limit`` levels; 0 if not. Iterative: a value may nest
+    deeper than Python's stack."""
+    deepest = 0
+    stack = [(value, 1)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        item, depth = pop()
+        t = type(item)
+        if t is dict:
+            item = item.values()
+        elif t is not list:
+            continue
+        deepest = max(deepest, depth)
+        for child in item:
+            tc = type(child)
+            if tc is dict or tc is list:
+                push((child, depth + 1))
+    return deepest if deepest > limit else 0
+
+
+def depth_error(depth: int | None) -> TypeError:
+    """The error for a value nested deeper than MAX_DEPTH (``depth`` if known)."""
+    how = f"{depth} levels" if depth else "more than 254 levels"
+    return TypeError(f"the value nests {how} of lists and dicts; logkv stores at most "
+                     f"{MAX_DEPTH} (its snapshot adds 3 levels and orjson writes at most 254)")
+
+
+def snapshot_problem(data: dict[str, Any]) -> str:
+    """Why ``data`` (values as read from disk) cannot be written as a
+    snapshot: the first key whose member orjson refuses, and why. For the
+    error path only: it encodes the keys one by one."""
+    for key, value in data.items():
+        try:
+            orjson.dumps({"data": {key: {"value": value}}})
+        except orjson.JSONEncodeError as exc:
+            text = str(exc)
+            if "64-bit" in text:
+                continue  # written by the exact encoder instead
+            if "ecursion" in text:
+                depth = too_deep(value)
+                how = f"{depth} levels" if depth else "too many levels"
+                return (f"key {key!r} holds a value nested {how} deep; a snapshot holds at most "
+                        f"{MAX_DEPTH} levels (orjson writes at most 254). Replace or delete "
+                        "that key; until then compaction keeps the files as they are")
+            return f"key {key!r} cannot be written: {text}"
+    return "orjson refused the data"
+
+
+def check_key(key: str) -> None:
+    """Raise TypeError unless ``key`` can be written: a str holding a lone
+    surrogate has no UTF-8 (and so no JSON) form. (ASCII keys need no check.)"""
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise TypeError(f"key {key!r} cannot be stored: it holds a lone surrogate, which "
+                        "UTF-8 text cannot hold") from None
 
 
 def _replace_enums(value: Any, hook: Callable[[Any], Any]) -> Any:
@@ -97,6 +213,8 @@ def _stdlib_default(value: Any) -> Any:
         return dataclasses.asdict(value)
     if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
         return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)  # as orjson writes it
     return builtin_default(value)  # (tuples the stdlib encoder writes itself)
 
 
@@ -136,9 +254,17 @@ class ValueCodec:
     holds an integer beyond 64 bits, which orjson cannot write; such values
     are written by the stdlib encoder and must be read back by the stdlib
     parser to stay exact.
+
+    ``prepare`` returns ``(held, bytes, exact)``: ``held`` is what memory
+    keeps, which is what a reopen reads back from those bytes. A plain JSON
+    value (str, int, float, bool, None, lists, dicts with str keys) is held
+    as it is, at no cost beyond the encode; any other value is held as its
+    decoded JSON, so it never changes type across a restart. With a
+    ``deserializer``, ``held`` is the deserializer applied to the decoded
+    JSON, as a reopen applies it to every value it reads.
     """
 
-    __slots__ = ("serializer", "deserializer", "_default", "_option")
+    __slots__ = ("serializer", "deserializer", "_default", "_option", "prepare")
 
     def __init__(self, serializer: Callable[[Any], Any] | None = None,
                  deserializer: Callable[[Any], Any] | None = None) -> None:
@@ -150,6 +276,44 @@ class ValueCodec:
         else:
             self._default = serializer
             self._option = _OPT_PASSTHROUGH
+        self.prepare: Callable[[Any], tuple[Any, bytes, bool]] = (
+            self._prepare if deserializer is None else self._prepare_deserialized)
+
+    def _prepare(self, value: Any) -> tuple[Any, bytes, bool]:
+        t = type(value)
+        if t is str:
+            return value, orjson.dumps(value), False
+        if t is int and -_I64 <= value < _U64:
+            return value, b"%d" % value, False
+        found = None if t in _PLAIN else _scan(value)
+        if found is None:
+            # Plain JSON unless the strict encode says otherwise (its default
+            # is called for anything else, and non-str keys fail it): then
+            # the bytes are the ones ``encode`` writes and memory keeps the
+            # caller's object.
+            try:
+                out = orjson.dumps(value, default=_not_plain, option=_OPT_STRICT)
+            except orjson.JSONEncodeError:
+                pass
+            else:
+                if b"null" in out and _find_nonfinite(value, None):
+                    raise ValueError("NaN and Infinity cannot be stored: JSON has no such values")
+                return value, out, False
+        # Not plain JSON (or an integer beyond 64 bits): keep what a reopen reads.
+        out, exact = self.encode(value)
+        held = json.loads(out) if exact else orjson.loads(out)
+        if out.count(b"[") + out.count(b"{") > MAX_DEPTH:
+            depth = too_deep(held)
+            if depth:
+                raise depth_error(depth)
+        return held, out, exact
+
+    def _prepare_deserialized(self, value: Any) -> tuple[Any, bytes, bool]:
+        held, out, exact = self._prepare(value)
+        if held is value:  # plain JSON: decode it too, so the deserializer gets its own copy
+            held = json.loads(out) if exact else orjson.loads(out)
+        assert self.deserializer is not None
+        return self.deserializer(held), out, exact
 
     def encode(self, value: Any) -> tuple[bytes, bool]:
         t = type(value)
@@ -169,8 +333,11 @@ class ValueCodec:
         try:
             out = orjson.dumps(value, default=self._default, option=self._option)
         except orjson.JSONEncodeError as exc:
-            if "64-bit" not in str(exc):
-                raise TypeError(str(exc)) from None
+            text = str(exc)
+            if "64-bit" not in text:
+                if "ecursion" in text:
+                    raise depth_error(None) from None
+                raise TypeError(text) from None
             return self._encode_exact(value), True
         # orjson writes NaN and ±Infinity as null; JSON has no such values, so
         # refuse them rather than store a different value silently.
@@ -185,6 +352,8 @@ class ValueCodec:
                               separators=(",", ":"))
         except ValueError:
             raise ValueError("NaN and Infinity cannot be stored: JSON has no such values") from None
+        except RecursionError:
+            raise depth_error(None) from None
         return text.encode("utf-8")
 
 

@@ -403,11 +403,12 @@ class _Ops:
             r = yield from self._read(full)
             if r is not MISSING:
                 return r[0]
-            yield from self._write([(full, _rules.set_entry(codec, default, None))])
-            return default
-        enc, _exact = codec.encode(default)
+            entry = _rules.set_entry(codec, default, None)
+            yield from self._write([(full, entry)])
+            return entry[1]
+        held, enc, _exact = codec.prepare(default)
         raw = yield (CMD, ("EVAL", _SETDEFAULT_SCRIPT, 1, full, enc))
-        return default if raw is None else self._decode(full, raw)
+        return held if raw is None else self._decode(full, raw)
 
     def _write_pairs(self, pairs: list[tuple[Any, Any]], exp: float | None) -> Op:
         codec = self._root.codec

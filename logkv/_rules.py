@@ -59,8 +59,10 @@ def check_amount(amount: Any) -> None:
 
 
 def set_entry(codec: ValueCodec, value: Any, exp: float | None) -> Entry:
-    enc, exact = codec.encode(value)
-    return ("s", value, enc, exact, exp)
+    """The entry setting ``value``: it holds what a reopen would read back
+    (``ValueCodec.prepare``), which is the caller's object for plain JSON."""
+    held, enc, exact = codec.prepare(value)
+    return ("s", held, enc, exact, exp)
 
 
 def _kept(exp: Any, current: Any) -> Any:
@@ -97,9 +99,9 @@ def list_change(key: Any, edit: Callable[[list[Any]], list[Any]], exp: float | N
             items = current[0]
         if not isinstance(items, list):
             raise TypeError(f"Value for {key!r} is not a list")
-        new = edit(list(items))
-        out.append(new)
-        return set_entry(codec, new, _kept(exp, current))
+        entry = set_entry(codec, edit(list(items)), _kept(exp, current))
+        out.append(entry[1])  # the list as stored (a tuple appended reads back as a list)
+        return entry
 
     return change
 

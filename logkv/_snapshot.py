@@ -18,6 +18,7 @@ import xxhash
 
 from ._errors import CorruptionError
 from ._fs import NEW_STORE_MODE, FileSystem, io_error
+from ._record import snapshot_problem
 
 BOOKKEEPING = "logkv"
 # A run of 19 digits may be an integer orjson would read as a float; only files
@@ -210,7 +211,10 @@ def _encode(data: dict[str, Any], expiries: dict[str, float], log_id: str, seq: 
             return orjson.dumps(doc, option=option)
         except orjson.JSONEncodeError as exc:
             if "64-bit" not in str(exc):
-                raise TypeError(str(exc)) from None
+                # Data read from files logkv did not write (or an older logkv
+                # wrote) can hold what no snapshot can: say which key.
+                raise CorruptionError(f"the snapshot cannot be written: {snapshot_problem(data)}",
+                                      path=None, offset=None) from None
     doc[BOOKKEEPING]["exact"] = True
     text = json.dumps(doc, indent=indent, sort_keys=sort_keys, ensure_ascii=False,
                       allow_nan=False, separators=(",", ":") if indent is None else None)

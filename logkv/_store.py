@@ -12,7 +12,7 @@ from typing import Any, Callable
 from . import _rules
 from ._engine import Engine
 from ._fs import FileSystem
-from ._record import ValueCodec
+from ._record import ValueCodec, check_key
 from ._rules import MISSING, NO_DEFAULT as _NO_DEFAULT, optional_expiry
 
 _W_SEQ = 1
@@ -28,6 +28,14 @@ class _API(MutableMapping[str, Any]):
     # ---------------------------------------------------------------- helpers
     def _key(self, key: Any) -> str:
         return self._prefix + (key if type(key) is str else str(key))
+
+    def _wkey(self, key: Any) -> str:
+        """``_key`` for a call that may create the key: refuses a key that
+        cannot be written (checked now, in every mode, not when it is logged)."""
+        full = self._prefix + (key if type(key) is str else str(key))
+        if not full.isascii():
+            check_key(full)
+        return full
 
     def _read(self, full: str) -> Any:
         e = self._e
@@ -81,8 +89,9 @@ class _API(MutableMapping[str, Any]):
 
     # ------------------------------------------------------------ core calls
     def set(self, key: Any, value: Any, *, ttl: float | None = None) -> None:
+        full = self._wkey(key)
         entry = _rules.set_entry(self._e.codec, value, optional_expiry(ttl))
-        self._write(self._key(key), entry)
+        self._write(full, entry)
 
     def get(self, key: Any, default: Any = None) -> Any:
         r = self._read(self._key(key))
@@ -125,27 +134,28 @@ class _API(MutableMapping[str, Any]):
         return full[len(p):], value
 
     def setdefault(self, key: Any, default: Any = None) -> Any:
-        full = self._key(key)
+        full = self._wkey(key)
         e = self._e
         e._enter()
         try:
             r = e.lookup(full)
             if r is not MISSING:
                 return r[0]
-            enc, exact = e.codec.encode(default)
-            ticket = e._stage(full, ("s", default, enc, exact, None))
+            held, enc, exact = e.codec.prepare(default)
+            ticket = e._stage(full, ("s", held, enc, exact, None))
         finally:
             e._exit()
         e.after_write(ticket)
-        return default
+        return held
 
     def _set_many(self, pairs: Iterable[tuple[Any, Any]], exp: float | None) -> None:
         e = self._e
-        encode = e.codec.encode
+        prepare = e.codec.prepare
         staged: dict[str, tuple] = {}
-        for key, value in pairs:  # encode everything first: all or nothing
-            enc, exact = encode(value)
-            staged[self._key(key)] = ("s", value, enc, exact, exp)
+        for key, value in pairs:  # check and encode everything first: all or nothing
+            full = self._wkey(key)
+            held, enc, exact = prepare(value)
+            staged[full] = ("s", held, enc, exact, exp)
         if not staged:
             e._ensure_open()
             return
@@ -216,17 +226,20 @@ class _API(MutableMapping[str, Any]):
         _rules.check_amount(amount)
         e = self._e
         out: list[Any] = []
+        full = self._wkey(key)
         change = _rules.incr_change(key, amount, optional_expiry(ttl), e.codec, out)
-        e.after_write(e.modify_one(self._key(key), change))
+        e.after_write(e.modify_one(full, change))
         return out[-1]
 
     def _change_list(self, key: Any, edit: Callable[[list[Any]], list[Any]], ttl: float | None,
                      *, must_exist: bool = False) -> list[Any]:
         e = self._e
+        # remove() never creates the key: a key that cannot be stored is just missing
+        full = self._key(key) if must_exist else self._wkey(key)
         out: list[Any] = []
         change = _rules.list_change(key, edit, optional_expiry(ttl), e.codec, out,
                                     must_exist=must_exist)
-        e.after_write(e.modify_one(self._key(key), change))
+        e.after_write(e.modify_one(full, change))
         # A copy: changing the returned list must not change the store unlogged.
         return list(out[-1])
 
@@ -438,10 +451,12 @@ class LogKV(_API):
     def set(self, key: Any, value: Any, *, ttl: float | None = None) -> None:
         if type(key) is not str:
             key = str(key)
+        if not key.isascii():
+            check_key(key)
         exp = None if ttl is None else _rules.expiry(ttl)
         e = self._e
-        enc, exact = e.codec.encode(value)
-        ticket = e.write_one(key, ("s", value, enc, exact, exp))
+        held, enc, exact = e.codec.prepare(value)
+        ticket = e.write_one(key, ("s", held, enc, exact, exp))
         if ticket:
             e.after_write(ticket)
 
